@@ -1,0 +1,36 @@
+"""The ledger core: accounts, double-entry transfers, two-phase holds, idempotent ids, limits,
+group commit and an Ed25519-signed audit chain. Knows nothing of wallets, settlement or HTTP."""
+
+from ledger.batcher import Batcher
+from ledger.core import Ledger, StatementLine, StatementPage
+from ledger.errors import (
+    AccountResultCode,
+    InvalidAmount,
+    InvariantViolation,
+    LedgerError,
+    LedgerOverloaded,
+    LedgerShuttingDown,
+    LedgerUnavailable,
+    ResultCode,
+)
+from ledger.model import (
+    Account,
+    AccountFlags,
+    AccountResult,
+    AccountSpec,
+    AccountStatus,
+    Balances,
+    Limits,
+    Transfer,
+    TransferCommand,
+    TransferKind,
+    TransferResult,
+)
+from ledger.money import Currency, format_amount, parse_amount
+
+__all__ = [
+    "Account", "AccountFlags", "AccountResult", "AccountResultCode", "AccountSpec", "AccountStatus", "Balances",
+    "Batcher", "Currency", "InvalidAmount", "InvariantViolation", "Ledger", "LedgerError", "LedgerOverloaded",
+    "LedgerShuttingDown", "LedgerUnavailable", "Limits", "ResultCode", "StatementLine", "StatementPage", "Transfer",
+    "TransferCommand", "TransferKind", "TransferResult", "format_amount", "parse_amount",
+]

@@ -1,0 +1,218 @@
+"""The audit chain: every committed batch is a journal block, hashed onto the previous one and
+signed with the ledger's Ed25519 key, and a verifier that recomputes it all from the stored rows.
+
+``block hash = SHA-256(previous hash || "SZHK-LEDGER-BLOCK-v1" || header || canonical transfers)``
+where the header is the block's sequence, first transfer seq, transfer count and time, and each
+transfer's canonical bytes are a fixed big-endian layout of every stored field (see
+:func:`canonical_transfer_bytes`). The signature covers the block hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import sqlalchemy as sa
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ledger.model import Transfer, TransferKind
+from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, transfers
+
+BLOCK_DOMAIN = b"SZHK-LEDGER-BLOCK-v1"
+_HEADER = struct.Struct(">QQIq")
+_TRANSFER = struct.Struct(">Q16sB16s16sqq3sB16sqqBq")
+_NO_ID = bytes(16)
+# Blocks read per query while verifying, so a long chain is checked in bounded memory per page.
+VERIFY_PAGE_BLOCKS_MAX = 500
+
+
+def canonical_transfer_bytes(transfer: Transfer) -> bytes:
+    """Every stored field of a transfer, in a fixed layout that changes if any field changes."""
+    user_data = b"" if transfer.user_data is None else transfer.user_data.encode()
+    return _TRANSFER.pack(
+        transfer.seq,
+        transfer.id.bytes,
+        int(transfer.kind),
+        transfer.debit_account_id.bytes,
+        transfer.credit_account_id.bytes,
+        transfer.amount_minor,
+        transfer.released_minor,
+        transfer.currency.encode("ascii"),
+        transfer.pending_id is not None,
+        _NO_ID if transfer.pending_id is None else transfer.pending_id.bytes,
+        -1 if transfer.timeout_s is None else transfer.timeout_s,
+        -1 if transfer.expires_at_us is None else transfer.expires_at_us,
+        transfer.linked,
+        transfer.created_at_us,
+    ) + struct.pack(">BH", transfer.user_data is not None, len(user_data)) + user_data
+
+
+def block_hash(prev_hash: bytes, sequence: int, first_transfer_seq: int, created_at_us: int,
+               batch: list[Transfer]) -> bytes:
+    digest = hashlib.sha256(prev_hash)
+    digest.update(BLOCK_DOMAIN)
+    digest.update(_HEADER.pack(sequence, first_transfer_seq, len(batch), created_at_us))
+    digest.update(b"".join(map(canonical_transfer_bytes, batch)))
+    return digest.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class JournalBlock:
+    sequence: int
+    prev_hash: bytes
+    hash: bytes
+    signature: bytes
+    first_transfer_seq: int
+    transfer_count: int
+    created_at_us: int
+
+
+def seal_block(signing_key: SigningKey, prev_hash: bytes, sequence: int, first_transfer_seq: int,
+               created_at_us: int, batch: list[Transfer]) -> JournalBlock:
+    digest = block_hash(prev_hash, sequence, first_transfer_seq, created_at_us, batch)
+    signature = signing_key.sign(digest).signature
+    return JournalBlock(sequence, prev_hash, digest, signature, first_transfer_seq, len(batch), created_at_us)
+
+
+def transfer_from_row(row: sa.Row) -> Transfer:
+    return Transfer(
+        id=row.id, kind=TransferKind(row.kind), debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id, amount_minor=row.amount_minor,
+        released_minor=row.released_minor, currency=row.currency, pending_id=row.pending_id,
+        timeout_s=row.timeout_s, expires_at_us=row.expires_at_us, linked=bool(row.linked),
+        user_data=row.user_data, created_at_us=row.created_at_us, seq=row.seq,
+    )
+
+
+@dataclass(slots=True)
+class AuditReport:
+    """What ``verify_audit`` found. ``ok`` only if the chain, every signature and every balance agree."""
+
+    blocks_checked: int = 0
+    transfers_checked: int = 0
+    accounts_checked: int = 0
+    first_bad_block: int | None = None
+    first_bad_account: UUID | None = None
+    last_hash: bytes = GENESIS_HASH
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+_BALANCE_COLUMNS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
+
+
+async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey) -> AuditReport:
+    """Recompute the chain, its signatures and every account's balances from the transfers.
+
+    Reads in one snapshot (a repeatable-read transaction on PostgreSQL, one read transaction on
+    SQLite) so that batches committed meanwhile cannot make sound books look broken.
+    """
+    report = AuditReport()
+    totals: dict[UUID, list[int]] = {}
+    async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            head = (await conn.execute(sa.select(journal_head))).one()
+            await _verify_blocks(conn, verify_key, report, totals)
+            if report.ok and (report.blocks_checked != head.sequence or (
+                    report.blocks_checked and head.hash != report.last_hash)):
+                report.problems.append(
+                    f"journal head says block {head.sequence}, the chain ends at block {report.blocks_checked}")
+            stray = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
+                                        .where(transfers.c.seq > head.last_transfer_seq))).scalar_one()
+            if stray:
+                report.problems.append(f"{stray} transfers lie beyond the last sealed block")
+            await _verify_balances(conn, report, totals)
+    return report
+
+
+async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, totals: dict[UUID, list[int]]) -> None:
+    prev_hash = GENESIS_HASH
+    expected_seq = 1
+    last_sequence = 0
+    while True:
+        blocks = (await conn.execute(
+            sa.select(journal_blocks).where(journal_blocks.c.sequence > last_sequence)
+            .order_by(journal_blocks.c.sequence).limit(VERIFY_PAGE_BLOCKS_MAX))).all()
+        if not blocks:
+            return
+        first = blocks[0].first_transfer_seq
+        last = blocks[-1].first_transfer_seq + blocks[-1].transfer_count - 1
+        rows = (await conn.execute(
+            sa.select(transfers).where(transfers.c.seq.between(first, last)).order_by(transfers.c.seq))).all()
+        stored = [transfer_from_row(row) for row in rows]
+        by_seq = {transfer.seq: transfer for transfer in stored}
+        for block in blocks:
+            last_sequence = block.sequence
+            batch = [by_seq[seq] for seq in range(block.first_transfer_seq, block.first_transfer_seq + block.transfer_count)
+                     if seq in by_seq]
+            problem = _block_problem(block, batch, prev_hash, expected_seq, report.blocks_checked + 1, verify_key)
+            if problem is not None:
+                report.first_bad_block = block.sequence
+                report.problems.append(problem)
+                return
+            for transfer in batch:
+                _add_effect(totals, transfer)
+            report.blocks_checked += 1
+            report.transfers_checked += len(batch)
+            prev_hash = block.hash
+            expected_seq += block.transfer_count
+            report.last_hash = block.hash
+
+
+def _block_problem(block, batch: list[Transfer], prev_hash: bytes, expected_seq: int, expected_sequence: int,
+                   verify_key: VerifyKey) -> str | None:
+    if block.sequence != expected_sequence:
+        return f"block {block.sequence}: expected block {expected_sequence} (a block is missing)"
+    if block.prev_hash != prev_hash:
+        return f"block {block.sequence}: does not chain onto the previous block's hash"
+    if block.first_transfer_seq != expected_seq or len(batch) != block.transfer_count:
+        return (f"block {block.sequence}: holds transfers {block.first_transfer_seq}.."
+                f"{block.first_transfer_seq + block.transfer_count - 1}, found {len(batch)} of them "
+                f"(expected to start at {expected_seq})")
+    digest = block_hash(prev_hash, block.sequence, block.first_transfer_seq, block.created_at_us, batch)
+    if digest != block.hash:
+        return f"block {block.sequence}: its transfers do not hash to the sealed hash (a stored transfer was changed)"
+    try:
+        verify_key.verify(block.hash, block.signature)
+    except BadSignatureError:
+        return f"block {block.sequence}: the signature does not verify with the ledger's public key"
+    return None
+
+
+def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
+    posted, pending = transfer.posted_delta, transfer.pending_delta
+    debit = totals.setdefault(transfer.debit_account_id, [0, 0, 0, 0])
+    credit = totals.setdefault(transfer.credit_account_id, [0, 0, 0, 0])
+    debit[0] += posted
+    debit[2] += pending
+    credit[1] += posted
+    credit[3] += pending
+
+
+async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]]) -> None:
+    columns = [accounts.c.id] + [accounts.c[name] for name in _BALANCE_COLUMNS]
+    result = await conn.stream(sa.select(*columns).order_by(accounts.c.id))
+    seen: set[UUID] = set()
+    async for row in result:
+        seen.add(row.id)
+        report.accounts_checked += 1
+        expected = totals.get(row.id, [0, 0, 0, 0])
+        stored = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
+        if stored != expected and report.first_bad_account is None and report.first_bad_block is None:
+            report.first_bad_account = row.id
+            differing = ", ".join(
+                f"{name} stored {have} but transfers give {want}"
+                for name, have, want in zip(_BALANCE_COLUMNS, stored, expected) if have != want)
+            report.problems.append(f"account {row.id}: {differing}")
+    unknown = set(totals) - seen
+    if unknown:
+        report.problems.append(f"{len(unknown)} transfers name accounts that do not exist, e.g. {min(unknown)}")

@@ -1,0 +1,201 @@
+"""Group commit: many concurrent callers, one writer task, one database transaction per batch.
+
+Callers hand in commands (one, or a linked chain that must stay whole) and await their results.
+The writer drains the queue into batches of at most ``batch_size_max`` commands, waiting at most
+``batch_wait_ms`` for a batch to fill, applies each with ``Ledger.submit`` and answers every caller
+with its own result. A hot merchant account is then updated once per batch, not once per payment.
+
+Every bound is named: a full queue refuses new work with :class:`LedgerOverloaded` instead of
+growing, and :meth:`Batcher.close` refuses new work with :class:`LedgerShuttingDown` while it
+finishes what was queued, so that a SIGTERM loses no accepted transfer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Sequence
+
+from ledger.core import BATCH_SIZE_MAX, Ledger
+from ledger.errors import LedgerError, LedgerOverloaded, LedgerShuttingDown, LedgerUnavailable, ResultCode
+from ledger.model import TransferCommand, TransferResult
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE_MAX_DEFAULT = 1_000
+BATCH_WAIT_MS_DEFAULT = 1.0
+QUEUE_DEPTH_MAX_DEFAULT = 50_000
+EXPIRY_INTERVAL_S_DEFAULT = 1.0
+
+
+class _Item:
+    __slots__ = ("commands", "future")
+
+    def __init__(self, commands: list[TransferCommand], future: asyncio.Future) -> None:
+        self.commands = commands
+        self.future = future
+
+
+class Batcher:
+    """The per-process write path in front of a :class:`Ledger`. Use as an async context manager
+    or call :meth:`start` and :meth:`close`."""
+
+    def __init__(self, ledger: Ledger, *, batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
+                 batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT, queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
+                 expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT) -> None:
+        if not 1 <= batch_size_max <= BATCH_SIZE_MAX:
+            raise ValueError(f"batch_size_max must be between 1 and {BATCH_SIZE_MAX}")
+        if queue_depth_max < batch_size_max:
+            raise ValueError("queue_depth_max must hold at least one full batch")
+        self.ledger = ledger
+        self.batch_size_max = batch_size_max
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.queue_depth_max = queue_depth_max
+        self.expiry_interval_s = expiry_interval_s
+        self._queue: deque[_Item] = deque()
+        self._queued = 0  # commands waiting, across all items
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self._writer: asyncio.Task | None = None
+        self._next_expiry = 0.0
+        self.batches_committed = 0
+        self.batch_sizes_max_seen = 0
+
+    async def __aenter__(self) -> Batcher:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-batcher")
+
+    async def submit(self, command: TransferCommand) -> TransferResult:
+        """Apply one command; returns once its batch is committed (or raises, committing nothing)."""
+        return (await self.submit_many([command]))[0]
+
+    async def submit_many(self, commands: Sequence[TransferCommand]) -> list[TransferResult]:
+        """Apply commands together in one batch, in order. A linked chain must end inside them."""
+        commands = list(commands)
+        if not commands:
+            return []
+        if self._closing:
+            raise LedgerShuttingDown("the ledger is shutting down and takes no new transfers")
+        if len(commands) > self.batch_size_max:
+            raise ValueError(f"at most {self.batch_size_max} commands go in one batch, got {len(commands)}")
+        if commands[-1].linked:
+            # A chain left open here would run on into another caller's commands.
+            return ([TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in commands[:-1]]
+                    + [TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN)])
+        if self._queued + len(commands) > self.queue_depth_max:
+            raise LedgerOverloaded(
+                f"{self._queued} transfers are already waiting (at most {self.queue_depth_max}); retry shortly")
+        if self._writer is None:
+            raise RuntimeError("Batcher.start() was not called")
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(commands, future))
+        self._queued += len(commands)
+        self._wakeup.set()
+        if self._queued >= self.batch_size_max:
+            self._full.set()
+        return await future
+
+    async def close(self) -> None:
+        """Refuse new work, finish every queued batch, then stop the writer."""
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+
+    async def _run(self) -> None:
+        self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                await self._idle()
+                continue
+            if self._queued < self.batch_size_max and self.batch_wait_s > 0 and not self._closing:
+                # Give callers that are about to hand in work one short chance to join this batch.
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.batch_wait_s)
+                except TimeoutError:
+                    pass
+            await self._commit(self._take_batch())
+
+    async def _idle(self) -> None:
+        self._wakeup.clear()
+        if self.expiry_interval_s is None:
+            await self._wakeup.wait()
+            return
+        delay = self._next_expiry - time.monotonic()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+        await self._expire()
+
+    async def _expire(self) -> None:
+        self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
+        try:
+            expired = await self.ledger.expire_pending()
+        except LedgerError as error:
+            log.warning("expiry pass failed: %s", error)
+            return
+        if expired:
+            log.info("expired %d pending transfers", expired)
+
+    def _take_batch(self) -> list[_Item]:
+        items: list[_Item] = []
+        size = 0
+        queue = self._queue
+        while queue and size + len(queue[0].commands) <= self.batch_size_max:
+            item = queue.popleft()
+            items.append(item)
+            size += len(item.commands)
+        self._queued -= size
+        return items
+
+    async def _commit(self, items: list[_Item]) -> None:
+        commands = [command for item in items for command in item.commands]
+        try:
+            results = await self.ledger.submit(commands)
+        except LedgerError as error:
+            self._fail(items, error)
+            return
+        except Exception as error:  # a bug or a lost connection: nobody may wait forever
+            log.exception("batch of %d commands failed", len(commands))
+            self._fail(items, LedgerUnavailable(f"the batch was not committed: {error!r}"))
+            return
+        self.batches_committed += 1
+        self.batch_sizes_max_seen = max(self.batch_sizes_max_seen, len(commands))
+        start = 0
+        for item in items:
+            end = start + len(item.commands)
+            if not item.future.done():  # the caller may have gone; the transfer is committed anyway
+                item.future.set_result(results[start:end])
+            start = end
+        if self.expiry_interval_s is not None and time.monotonic() >= self._next_expiry:
+            await self._expire()
+
+    @staticmethod
+    def _fail(items: list[_Item], error: Exception) -> None:
+        for item in items:
+            if not item.future.done():
+                item.future.set_exception(error)

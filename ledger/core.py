@@ -1,0 +1,427 @@
+"""The ledger: accounts, the single-transaction ``submit``, two-phase expiry, statements, audit.
+
+``Ledger.submit(commands)`` is the one place balances change. It applies a whole batch in one
+database transaction and answers one :class:`TransferResult` per command; a business failure is a
+result code, never an exception. The :class:`ledger.batcher.Batcher` feeds it from many callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+from uuid import UUID
+
+import sqlalchemy as sa
+from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from ledger.audit import AuditReport, seal_block, transfer_from_row, verify_audit
+from ledger.db import READ_ONLY, create_engine
+from ledger.engine import BatchEngine, accounts_needed
+from ledger.errors import (
+    AccountResultCode,
+    InvariantViolation,
+    LedgerUnavailable,
+    ResultCode,
+    UnknownCurrency,
+)
+from ledger.ids import derived_id, now_us
+from ledger.model import (
+    Account,
+    AccountFlags,
+    AccountResult,
+    AccountSpec,
+    AccountStatus,
+    Balances,
+    Limits,
+    Transfer,
+    TransferCommand,
+    TransferKind,
+    TransferResult,
+)
+from ledger.money import Currency
+from ledger.schema import accounts, currencies, journal_head, pending_timeouts, transfers
+from ledger.store import JournalHead, store_for
+
+log = logging.getLogger(__name__)
+
+# The most commands one submit (one database transaction) may carry.
+BATCH_SIZE_MAX = 8_190
+# Whole-batch retries on a retryable database error (deadlock, serialization, lost race, busy).
+SUBMIT_ATTEMPTS_MAX = 6
+RETRY_BACKOFF_BASE_S = 0.002
+# Expired pending transfers voided per expiry pass.
+EXPIRY_BATCH_MAX = 1_000
+STATEMENT_PAGE_MAX = 500
+STATEMENT_PAGE_DEFAULT = 50
+_EXPIRY_NAMESPACE = b"ledger/expire-pending/"
+
+
+@dataclass(slots=True)
+class LedgerStats:
+    """Counters for metrics and tests: how the batch path has gone so far."""
+
+    batches: int = 0
+    transfers_committed: int = 0
+    retries: int = 0
+    retry_reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StatementLine:
+    """One transfer as the account saw it, and the account's balances right after it."""
+
+    transfer: Transfer
+    side: str  # "debit" or "credit": which side of the transfer this account was on
+    balances_after: Balances
+
+
+@dataclass(frozen=True, slots=True)
+class StatementPage:
+    items: list[StatementLine]
+    next_cursor: int | None  # pass back as ``before_seq`` for the next (older) page
+
+
+class Ledger:
+    """One ledger over one database. Cheap to share between tasks; make one per process."""
+
+    def __init__(self, engine: AsyncEngine, signing_key: SigningKey, *, clock: Callable[[], int] = now_us) -> None:
+        self.engine = engine
+        self.signing_key = signing_key
+        self.verify_key: VerifyKey = signing_key.verify_key
+        self.clock = clock
+        self.stats = LedgerStats()
+        self._store = store_for(engine.dialect.name)
+        self._currencies: dict[str, Currency] | None = None
+
+    @classmethod
+    def open(cls, url: str, signing_key: SigningKey, *, clock: Callable[[], int] = now_us, **engine_options) -> Ledger:
+        return cls(create_engine(url, **engine_options), signing_key, clock=clock)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- currencies ------------------------------------------------------------------------
+
+    async def currencies(self) -> dict[str, Currency]:
+        if self._currencies is None:
+            async with self._reading() as conn:
+                rows = await conn.execute(sa.select(currencies))
+                self._currencies = {row.code: Currency(row.code, row.exponent) for row in rows}
+        return self._currencies
+
+    async def currency(self, code: str) -> Currency:
+        found = (await self.currencies()).get(code)
+        if found is None:
+            raise UnknownCurrency(f"unknown currency {code!r}")
+        return found
+
+    async def add_currency(self, currency: Currency) -> None:
+        """Register a currency's exponent. Re-adding the same one is a no-op; changing one is refused."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(currencies).where(currencies.c.code == currency.code))).first()
+            if row is None:
+                await conn.execute(currencies.insert().values(code=currency.code, exponent=currency.exponent))
+            elif row.exponent != currency.exponent:
+                raise ValueError(f"{currency.code} already has exponent {row.exponent}; exponents never change")
+        self._currencies = None
+
+    # -- accounts --------------------------------------------------------------------------
+
+    async def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountResult]:
+        """Open accounts idempotently: the same id with the same fields answers ``ok`` again."""
+        known_currencies = await self.currencies()
+        results: list[AccountResult] = []
+        async with self.engine.begin() as conn:
+            existing = await self._accounts_by_id(conn, [spec.id for spec in specs])
+            created_at = self.clock()
+            for spec in specs:
+                results.append(await self._create_account(conn, spec, existing, known_currencies, created_at))
+        return results
+
+    async def _create_account(self, conn: AsyncConnection, spec: AccountSpec, existing: dict[UUID, Account],
+                              known_currencies: dict[str, Currency], created_at_us: int) -> AccountResult:
+        found = existing.get(spec.id)
+        if found is not None:
+            same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == \
+                (spec.currency, spec.kind, spec.owner_ref, AccountFlags(spec.flags), spec.limits)
+            return AccountResult(AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found)
+        if spec.currency not in known_currencies:
+            return AccountResult(AccountResultCode.CURRENCY_NOT_FOUND)
+        flags = AccountFlags(spec.flags)
+        if flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
+            return AccountResult(AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE)
+        if spec.limits.problems():
+            return AccountResult(AccountResultCode.INVALID_LIMIT)
+        values = dict(id=spec.id, currency=spec.currency, kind=spec.kind, owner_ref=spec.owner_ref, flags=int(flags),
+                      status=int(AccountStatus.OPEN), created_at_us=created_at_us, **_limit_columns(spec.limits))
+        await conn.execute(accounts.insert().values(**values))
+        account = Account(spec.id, spec.currency, spec.kind, spec.owner_ref, flags, AccountStatus.OPEN, spec.limits,
+                          Balances(), 0, 0, created_at_us)
+        existing[spec.id] = account
+        return AccountResult(AccountResultCode.OK, account)
+
+    async def get_account(self, account_id: UUID) -> Account | None:
+        async with self._reading() as conn:
+            return (await self._accounts_by_id(conn, [account_id])).get(account_id)
+
+    async def get_accounts(self, account_ids: Sequence[UUID]) -> dict[UUID, Account]:
+        async with self._reading() as conn:
+            return await self._accounts_by_id(conn, list(account_ids))
+
+    async def set_account_status(self, account_id: UUID, status: AccountStatus) -> AccountResult:
+        """Freeze, unfreeze or close. Closing needs all four balances at zero and is final."""
+        async with self.engine.begin() as conn:
+            account = await self._lock_account(conn, account_id)
+            if account is None:
+                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
+            if account.status is AccountStatus.CLOSED:
+                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
+            held = account.balances
+            if status is AccountStatus.CLOSED and (held.posted_minor or held.debits_pending or held.credits_pending):
+                return AccountResult(AccountResultCode.ACCOUNT_NOT_EMPTY, account)
+            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=int(status)))
+            return AccountResult(AccountResultCode.OK, _replace_account(account, status=status))
+
+    async def set_limits(self, account_id: UUID, limits: Limits) -> AccountResult:
+        """Change an account's caps from its next transfer on. A balance cap below what the account
+        already holds is refused rather than leaving the account over its own cap."""
+        if limits.problems():
+            return AccountResult(AccountResultCode.INVALID_LIMIT)
+        async with self.engine.begin() as conn:
+            account = await self._lock_account(conn, account_id)
+            if account is None:
+                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
+            if account.status is AccountStatus.CLOSED:
+                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
+            held = account.balances.credits_posted + account.balances.credits_pending - account.balances.debits_posted
+            if limits.balance_cap_minor is not None and held > limits.balance_cap_minor:
+                return AccountResult(AccountResultCode.LIMIT_BELOW_BALANCE, account)
+            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(**_limit_columns(limits)))
+            return AccountResult(AccountResultCode.OK, _replace_account(account, limits=limits))
+
+    async def _lock_account(self, conn: AsyncConnection, account_id: UUID) -> Account | None:
+        row = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id).with_for_update())).first()
+        return None if row is None else _account_from_row(row)
+
+    async def _accounts_by_id(self, conn: AsyncConnection, ids: list[UUID]) -> dict[UUID, Account]:
+        found: dict[UUID, Account] = {}
+        for start in range(0, len(ids), 500):
+            rows = await conn.execute(sa.select(accounts).where(accounts.c.id.in_(ids[start:start + 500])))
+            found.update((row.id, _account_from_row(row)) for row in rows)
+        return found
+
+    # -- transfers -------------------------------------------------------------------------
+
+    async def submit(self, commands: Sequence[TransferCommand]) -> list[TransferResult]:
+        """Apply ``commands`` in order, in one database transaction; one result per command.
+
+        When this returns, every ``ok`` result is committed and durable. On a database error that
+        is safe to retry the whole batch is retried from scratch (it committed nothing); if it
+        still fails, :class:`LedgerUnavailable` is raised and nothing in the batch happened.
+        """
+        commands = list(commands)
+        if not commands:
+            return []
+        if len(commands) > BATCH_SIZE_MAX:
+            raise ValueError(f"a batch holds at most {BATCH_SIZE_MAX} commands, got {len(commands)}")
+        for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
+            try:
+                return await self._submit_once(commands)
+            except IntegrityError as error:
+                if not self._store.is_retryable(error):
+                    raise InvariantViolation(f"the database refused a batch the rules accepted: {error.orig}") from error
+                self._note_retry(error)
+            except DBAPIError as error:
+                if not self._store.is_retryable(error):
+                    raise LedgerUnavailable(f"the batch was not committed: {error.orig}") from error
+                self._note_retry(error)
+            if attempt < SUBMIT_ATTEMPTS_MAX:
+                await asyncio.sleep(RETRY_BACKOFF_BASE_S * attempt * (1 + random.random()))
+        raise LedgerUnavailable(f"the batch was not committed after {SUBMIT_ATTEMPTS_MAX} attempts")
+
+    def _note_retry(self, error: DBAPIError) -> None:
+        reason = type(error.orig).__name__
+        self.stats.retries += 1
+        self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
+        log.info("retrying batch after %s", reason)
+
+    async def _submit_once(self, commands: list[TransferCommand]) -> list[TransferResult]:
+        store = self._store
+        ids = {command.id for command in commands}
+        pending_ids = {command.pending_id for command in commands if command.pending_id is not None}
+        async with self.engine.begin() as conn:
+            # Stored transfers never change, so reading them before the locks is safe; a transfer
+            # that another process commits meanwhile under the same id makes our insert fail on
+            # the unique index, and the retry then answers idempotently.
+            known = await store.load_transfers(conn, ids | pending_ids)
+            resolved = await store.load_resolutions(conn, pending_ids) if pending_ids else {}
+            states = await store.lock_accounts(conn, accounts_needed(commands, known))
+            batch = BatchEngine(states, known, resolved, self.clock())
+            results = batch.apply(commands)
+            new = batch.new_transfers
+            if new:
+                await self._write_batch(conn, new, [state for state in states.values() if state.touched], batch.now_us)
+        if new:
+            self.stats.batches += 1
+            self.stats.transfers_committed += len(new)
+        return results
+
+    async def _write_batch(self, conn: AsyncConnection, new: list[Transfer], touched: list, now: int) -> None:
+        store = self._store
+        head: JournalHead = await store.lock_head(conn)
+        first_seq = head.last_transfer_seq + 1
+        for offset, transfer in enumerate(new):
+            transfer.seq = first_seq + offset
+        block = seal_block(self.signing_key, head.hash, head.sequence + 1, first_seq, now, new)
+        await store.insert_transfers(conn, new)
+        await store.update_accounts(conn, touched)
+        await store.append_block(conn, block)
+        if any(t.expires_at_us is not None or t.pending_id is not None for t in new):
+            await store.update_timeouts(conn, new)
+
+    async def expire_pending(self, *, limit: int = EXPIRY_BATCH_MAX) -> int:
+        """Void pending transfers whose timeout has passed; their funds return to the source.
+
+        Each expiry is stored as an ``expire_pending`` transfer with an id derived from the pending
+        one, so two processes expiring the same hold store it once. Returns how many expired.
+        """
+        now = self.clock()
+        async with self._reading() as conn:
+            due = (await conn.execute(
+                sa.select(pending_timeouts.c.transfer_id).where(pending_timeouts.c.expires_at_us <= now)
+                .order_by(pending_timeouts.c.expires_at_us).limit(min(limit, BATCH_SIZE_MAX)))).scalars().all()
+        if not due:
+            return 0
+        commands = [TransferCommand(derived_id(_EXPIRY_NAMESPACE, pending_id), TransferKind.EXPIRE_PENDING,
+                                    pending_id=pending_id) for pending_id in due]
+        results = await self.submit(commands)
+        return sum(1 for result in results if result.ok and not result.replayed)
+
+    async def get_transfer(self, transfer_id: UUID) -> Transfer | None:
+        async with self._reading() as conn:
+            row = (await conn.execute(sa.select(transfers).where(transfers.c.id == transfer_id))).first()
+        return None if row is None else transfer_from_row(row)
+
+    async def pending_status(self, pending_id: UUID) -> TransferKind | None:
+        """How a pending transfer was resolved (post, void, expiry), or None while it is pending."""
+        async with self._reading() as conn:
+            kind = (await conn.execute(sa.select(transfers.c.kind).where(transfers.c.pending_id == pending_id))).scalar()
+        return None if kind is None else TransferKind(kind)
+
+    async def statement(self, account_id: UUID, *, limit: int = STATEMENT_PAGE_DEFAULT,
+                        before_seq: int | None = None) -> StatementPage:
+        """The account's transfers, newest first, each with the account's balances right after it.
+
+        Balances are walked back from the account's current balances inside one read snapshot, so
+        a page is consistent even while batches commit.
+        """
+        if not 1 <= limit <= STATEMENT_PAGE_MAX:
+            raise ValueError(f"limit must be between 1 and {STATEMENT_PAGE_MAX}")
+        async with self._reading(snapshot=True) as conn:
+            row = (await conn.execute(sa.select(accounts.c.debits_posted, accounts.c.credits_posted,
+                                                accounts.c.debits_pending, accounts.c.credits_pending)
+                                      .where(accounts.c.id == account_id))).first()
+            if row is None:
+                return StatementPage([], None)
+            balance = list(row)
+            if before_seq is not None:
+                # Undo everything newer than the page, to stand where the page starts.
+                for newer in await self._account_transfers(conn, account_id, since_seq=before_seq):
+                    _undo_effect(balance, newer, account_id)
+            page = await self._account_transfers(conn, account_id, before_seq=before_seq, limit=limit + 1)
+        lines: list[StatementLine] = []
+        for transfer in page[:limit]:
+            lines.append(StatementLine(transfer, "debit" if transfer.debit_account_id == account_id else "credit",
+                                       Balances(*balance)))
+            _undo_effect(balance, transfer, account_id)
+        next_cursor = page[limit - 1].seq if len(page) > limit else None
+        return StatementPage(lines, next_cursor)
+
+    async def _account_transfers(self, conn: AsyncConnection, account_id: UUID, *, before_seq: int | None = None,
+                                 since_seq: int | None = None, limit: int | None = None) -> list[Transfer]:
+        found: dict[int, Transfer] = {}
+        for column in (transfers.c.debit_account_id, transfers.c.credit_account_id):
+            query = sa.select(transfers).where(column == account_id).order_by(transfers.c.seq.desc())
+            if before_seq is not None:
+                query = query.where(transfers.c.seq < before_seq)
+            if since_seq is not None:
+                query = query.where(transfers.c.seq >= since_seq)
+            if limit is not None:
+                query = query.limit(limit)
+            found.update((row.seq, transfer_from_row(row)) for row in await conn.execute(query))
+        ordered = sorted(found.values(), key=lambda transfer: transfer.seq, reverse=True)
+        return ordered if limit is None else ordered[:limit]
+
+    # -- audit -----------------------------------------------------------------------------
+
+    async def audit_head(self) -> JournalHead:
+        async with self._reading() as conn:
+            row = (await conn.execute(sa.select(journal_head))).one()
+        return JournalHead(row.sequence, bytes(row.hash), row.last_transfer_seq)
+
+    async def verify_audit(self, verify_key: VerifyKey | None = None) -> AuditReport:
+        return await verify_audit(self.engine, verify_key or self.verify_key)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _reading(self, *, snapshot: bool = False):
+        return _ReadTransaction(self.engine, snapshot)
+
+
+class _ReadTransaction:
+    """A read-only transaction: a deferred BEGIN on SQLite (no write lock), and on PostgreSQL
+    REPEATABLE READ when the caller needs several statements to see one snapshot."""
+
+    def __init__(self, engine: AsyncEngine, snapshot: bool) -> None:
+        self._engine, self._snapshot = engine, snapshot
+
+    async def __aenter__(self) -> AsyncConnection:
+        self._conn = await self._engine.connect()
+        options = dict(READ_ONLY)
+        if self._snapshot and self._engine.dialect.name == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
+        conn = await self._conn.execution_options(**options)
+        await conn.begin()
+        return conn
+
+    async def __aexit__(self, *exc_info) -> None:
+        try:
+            await self._conn.rollback()
+        finally:
+            await self._conn.close()
+
+
+def _undo_effect(balance: list[int], transfer: Transfer, account_id: UUID) -> None:
+    if transfer.debit_account_id == account_id:
+        balance[0] -= transfer.posted_delta
+        balance[2] -= transfer.pending_delta
+    else:
+        balance[1] -= transfer.posted_delta
+        balance[3] -= transfer.pending_delta
+
+
+def _limit_columns(limits: Limits) -> dict[str, int | None]:
+    return dict(balance_cap_minor=limits.balance_cap_minor, transfer_cap_minor=limits.transfer_cap_minor,
+                daily_debit_cap_minor=limits.daily_debit_cap_minor, annual_debit_cap_minor=limits.annual_debit_cap_minor)
+
+
+def _account_from_row(row: sa.Row) -> Account:
+    return Account(
+        id=row.id, currency=row.currency, kind=row.kind, owner_ref=row.owner_ref, flags=AccountFlags(row.flags),
+        status=AccountStatus(row.status),
+        limits=Limits(row.balance_cap_minor, row.transfer_cap_minor, row.daily_debit_cap_minor,
+                      row.annual_debit_cap_minor),
+        balances=Balances(row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending),
+        debits_day_minor=row.debits_day_minor, debits_year_minor=row.debits_year_minor,
+        created_at_us=row.created_at_us,
+    )
+
+
+def _replace_account(account: Account, **changes) -> Account:
+    return dataclasses.replace(account, **changes)

@@ -1,0 +1,82 @@
+"""Engines for the two supported databases, and the migration runner.
+
+SQLite (aiosqlite) is the embedded default: WAL so readers never block the writer,
+``synchronous=FULL`` so a committed batch survives power loss, foreign keys on, and every write
+transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its first statement
+(the SQLite form of "lock the touched accounts"). PostgreSQL (asyncpg) is production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+# A read-only transaction on SQLite opts out of BEGIN IMMEDIATE with this execution option.
+READ_ONLY = {"ledger_read_only": True}
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_POOL_SIZE = 10
+POSTGRES_POOL_OVERFLOW_MAX = 20
+
+
+def create_engine(url: str, **engine_options) -> AsyncEngine:
+    """An async engine for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs."""
+    if url.startswith("sqlite"):
+        engine = create_async_engine(url, **engine_options)
+        _configure_sqlite(engine)
+        return engine
+    if url.startswith("postgresql"):
+        engine_options.setdefault("pool_size", POSTGRES_POOL_SIZE)
+        engine_options.setdefault("max_overflow", POSTGRES_POOL_OVERFLOW_MAX)
+        engine_options.setdefault("pool_pre_ping", True)
+        return create_async_engine(url, **engine_options)
+    raise ValueError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection, _record) -> None:
+        # Hand transaction control to the "begin" hook below instead of the driver's own BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        if conn.get_execution_options().get("ledger_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def alembic_config() -> Config:
+    import migrations
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    return config
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Bring the schema to ``revision``; migrations are the only way the schema is made."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_alembic, "upgrade", revision)
+
+
+async def downgrade(engine: AsyncEngine, revision: str = "base") -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(_alembic, "downgrade", revision)
+
+
+def _alembic(sync_conn: Connection, action: str, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = sync_conn
+    getattr(command, action)(config, revision)

@@ -1,0 +1,1 @@
+"""service layer: built in its own issue (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""settlement layer: built in its own issue (see ../shared/DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""wallets layer: built in its own issue (see ../shared/DESIGN.md)."""
