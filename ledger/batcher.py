@@ -28,6 +28,9 @@ BATCH_SIZE_MAX_DEFAULT = 1_000
 BATCH_WAIT_MS_DEFAULT = 1.0
 QUEUE_DEPTH_MAX_DEFAULT = 50_000
 EXPIRY_INTERVAL_S_DEFAULT = 1.0
+WRITERS_MAX = 4
+# A writer splits the queue with an idle writer only when each half still makes a real batch.
+PIPELINE_SPLIT_MIN = 16
 
 
 class _Item:
@@ -44,7 +47,14 @@ class Batcher:
 
     def __init__(self, ledger: Ledger, *, batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
                  batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT, queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
-                 expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT) -> None:
+                 expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT, writers: int | None = None) -> None:
+        if writers is None:
+            # On PostgreSQL a second writer prepares and checks its batch while the first one
+            # waits on the database, so Python and PostgreSQL work at once. SQLite has one
+            # writer at a time whatever we do, so a second one would only wait on the lock.
+            writers = 2 if ledger.engine.dialect.name == "postgresql" else 1
+        if not 1 <= writers <= WRITERS_MAX:
+            raise ValueError(f"writers must be between 1 and {WRITERS_MAX}")
         if not 1 <= batch_size_max <= BATCH_SIZE_MAX:
             raise ValueError(f"batch_size_max must be between 1 and {BATCH_SIZE_MAX}")
         if queue_depth_max < batch_size_max:
@@ -57,9 +67,10 @@ class Batcher:
         self._queue: deque[_Item] = deque()
         self._queued = 0  # commands waiting, across all items
         self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
         self._closing = False
-        self._writer: asyncio.Task | None = None
+        self.writers = writers
+        self._writer_tasks: list[asyncio.Task] = []
+        self._idle_writers = 0
         self._next_expiry = 0.0
         self.batches_committed = 0
         self.batch_sizes_max_seen = 0
@@ -80,8 +91,11 @@ class Batcher:
         return self._closing
 
     def start(self) -> None:
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._run(), name="ledger-batcher")
+        if not self._writer_tasks:
+            loop = asyncio.get_running_loop()
+            self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
+            self._writer_tasks = [loop.create_task(self._run(index), name=f"ledger-batcher-{index}")
+                                  for index in range(self.writers)]
 
     async def submit(self, command: TransferCommand) -> TransferResult:
         """Apply one command; returns once its batch is committed (or raises, committing nothing)."""
@@ -103,76 +117,95 @@ class Batcher:
         if self._queued + len(commands) > self.queue_depth_max:
             raise LedgerOverloaded(
                 f"{self._queued} transfers are already waiting (at most {self.queue_depth_max}); retry shortly")
-        if self._writer is None:
+        if not self._writer_tasks:
             raise RuntimeError("Batcher.start() was not called")
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(commands, future))
         self._queued += len(commands)
         self._wakeup.set()
-        if self._queued >= self.batch_size_max:
-            self._full.set()
         return await future
 
     async def close(self) -> None:
-        """Refuse new work, finish every queued batch, then stop the writer."""
+        """Refuse new work, finish every queued batch, then stop the writers."""
         self._closing = True
         self._wakeup.set()
-        if self._writer is not None:
-            await self._writer
+        if self._writer_tasks:
+            await asyncio.gather(*self._writer_tasks)
 
-    async def _run(self) -> None:
-        self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
+    async def _run(self, index: int) -> None:
         while True:
             if not self._queue:
                 if self._closing:
                     return
-                await self._idle()
+                await self._idle(runs_expiry=index == 0)
                 continue
             if self._queued < self.batch_size_max and self.batch_wait_s > 0 and not self._closing:
-                # Give callers that are about to hand in work one short chance to join this batch.
-                self._full.clear()
+                await self._linger()
+            items = self._take_batch()
+            if items:
+                await self._commit(items, runs_expiry=index == 0)
+
+    async def _linger(self) -> None:
+        """Let callers that are about to hand in work join this batch: yield to the event loop
+        while each turn brings more work, for at most ``batch_wait_ms``. Under a steady load the
+        callers answered by the last batch come back within a turn or two; waiting out the full
+        bound every time would idle the writer for nothing."""
+        deadline = time.monotonic() + self.batch_wait_s
+        while self._queued < self.batch_size_max and time.monotonic() < deadline:
+            before = self._queued
+            await asyncio.sleep(0)
+            if self._queued == before:
+                return
+
+    async def _idle(self, *, runs_expiry: bool) -> None:
+        self._wakeup.clear()
+        self._idle_writers += 1
+        try:
+            if self.expiry_interval_s is None or not runs_expiry:
+                await self._wakeup.wait()
+                return
+            delay = self._next_expiry - time.monotonic()
+            if delay > 0:
                 try:
-                    await asyncio.wait_for(self._full.wait(), self.batch_wait_s)
+                    await asyncio.wait_for(self._wakeup.wait(), delay)
+                    return
                 except TimeoutError:
                     pass
-            await self._commit(self._take_batch())
-
-    async def _idle(self) -> None:
-        self._wakeup.clear()
-        if self.expiry_interval_s is None:
-            await self._wakeup.wait()
-            return
-        delay = self._next_expiry - time.monotonic()
-        if delay > 0:
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), delay)
-                return
-            except TimeoutError:
-                pass
+        finally:
+            self._idle_writers -= 1
         await self._expire()
 
     async def _expire(self) -> None:
         self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
         try:
             expired = await self.ledger.expire_pending()
-        except LedgerError as error:
-            log.warning("expiry pass failed: %s", error)
+        except Exception:  # the database may be away; the writer must live to serve the queue
+            log.exception("expiry pass failed; the next one retries")
             return
         if expired:
             log.info("expired %d pending transfers", expired)
 
     def _take_batch(self) -> list[_Item]:
+        limit = self.batch_size_max
+        if self._idle_writers and self._queued >= 2 * PIPELINE_SPLIT_MIN:
+            # Leave a share for the idle writer: two half batches in flight keep both Python and
+            # the database busy, where one full batch would leave each idle half the time.
+            limit = min(limit, -(-self._queued // (self._idle_writers + 1)))
         items: list[_Item] = []
         size = 0
         queue = self._queue
-        while queue and size + len(queue[0].commands) <= self.batch_size_max:
+        while queue and (not items or size + len(queue[0].commands) <= limit):
+            if size + len(queue[0].commands) > self.batch_size_max:
+                break
             item = queue.popleft()
             items.append(item)
             size += len(item.commands)
         self._queued -= size
+        if queue:
+            self._wakeup.set()
         return items
 
-    async def _commit(self, items: list[_Item]) -> None:
+    async def _commit(self, items: list[_Item], *, runs_expiry: bool) -> None:
         commands = [command for item in items for command in item.commands]
         try:
             results = await self.ledger.submit(commands)
@@ -191,7 +224,7 @@ class Batcher:
             if not item.future.done():  # the caller may have gone; the transfer is committed anyway
                 item.future.set_result(results[start:end])
             start = end
-        if self.expiry_interval_s is not None and time.monotonic() >= self._next_expiry:
+        if runs_expiry and self.expiry_interval_s is not None and time.monotonic() >= self._next_expiry:
             await self._expire()
 
     @staticmethod

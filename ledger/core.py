@@ -17,7 +17,6 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit import AuditReport, seal_block, transfer_from_row, verify_audit
@@ -59,6 +58,8 @@ RETRY_BACKOFF_BASE_S = 0.002
 EXPIRY_BATCH_MAX = 1_000
 STATEMENT_PAGE_MAX = 500
 STATEMENT_PAGE_DEFAULT = 50
+ACCOUNT_KIND_LENGTH_MAX = 32  # the columns' sizes in ledger.schema
+OWNER_REF_LENGTH_MAX = 128
 _EXPIRY_NAMESPACE = b"ledger/expire-pending/"
 
 
@@ -134,23 +135,31 @@ class Ledger:
     # -- accounts --------------------------------------------------------------------------
 
     async def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountResult]:
-        """Open accounts idempotently: the same id with the same fields answers ``ok`` again."""
+        """Open accounts idempotently: the same id with the same fields answers ``ok`` again.
+        All new rows go in with one multi-row insert."""
         known_currencies = await self.currencies()
         results: list[AccountResult] = []
         async with self.engine.begin() as conn:
             existing = await self._accounts_by_id(conn, [spec.id for spec in specs])
-            created_at = self.clock()
+            created_at_us = self.clock()
+            rows: list[dict] = []
             for spec in specs:
-                results.append(await self._create_account(conn, spec, existing, known_currencies, created_at))
+                results.append(self._new_account(spec, existing, known_currencies, created_at_us, rows))
+            if rows:
+                await conn.execute(accounts.insert(), rows)
         return results
 
-    async def _create_account(self, conn: AsyncConnection, spec: AccountSpec, existing: dict[UUID, Account],
-                              known_currencies: dict[str, Currency], created_at_us: int) -> AccountResult:
+    @staticmethod
+    def _new_account(spec: AccountSpec, existing: dict[UUID, Account], known_currencies: dict[str, Currency],
+                     created_at_us: int, rows: list[dict]) -> AccountResult:
         found = existing.get(spec.id)
         if found is not None:
             same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == \
                 (spec.currency, spec.kind, spec.owner_ref, AccountFlags(spec.flags), spec.limits)
             return AccountResult(AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found)
+        if not 1 <= len(spec.kind) <= ACCOUNT_KIND_LENGTH_MAX or (
+                spec.owner_ref is not None and len(spec.owner_ref) > OWNER_REF_LENGTH_MAX):
+            return AccountResult(AccountResultCode.INVALID_ACCOUNT)
         if spec.currency not in known_currencies:
             return AccountResult(AccountResultCode.CURRENCY_NOT_FOUND)
         flags = AccountFlags(spec.flags)
@@ -158,9 +167,10 @@ class Ledger:
             return AccountResult(AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE)
         if spec.limits.problems():
             return AccountResult(AccountResultCode.INVALID_LIMIT)
-        values = dict(id=spec.id, currency=spec.currency, kind=spec.kind, owner_ref=spec.owner_ref, flags=int(flags),
-                      status=int(AccountStatus.OPEN), created_at_us=created_at_us, **_limit_columns(spec.limits))
-        await conn.execute(accounts.insert().values(**values))
+        rows.append(dict(id=spec.id, currency=spec.currency, kind=spec.kind, owner_ref=spec.owner_ref, flags=int(flags),
+                         status=int(AccountStatus.OPEN), created_at_us=created_at_us, debits_posted=0,
+                         credits_posted=0, debits_pending=0, credits_pending=0, debit_day=0, debits_day_minor=0,
+                         debit_year=0, debits_year_minor=0, **_limit_columns(spec.limits)))
         account = Account(spec.id, spec.currency, spec.kind, spec.owner_ref, flags, AccountStatus.OPEN, spec.limits,
                           Balances(), 0, 0, created_at_us)
         existing[spec.id] = account
@@ -175,7 +185,8 @@ class Ledger:
             return await self._accounts_by_id(conn, list(account_ids))
 
     async def set_account_status(self, account_id: UUID, status: AccountStatus) -> AccountResult:
-        """Freeze, unfreeze or close. Closing needs all four balances at zero and is final."""
+        """Freeze, unfreeze or close. Closing needs a zero posted balance (credits equal debits) and
+        nothing pending either way, and is final."""
         async with self.engine.begin() as conn:
             account = await self._lock_account(conn, account_id)
             if account is None:
@@ -233,20 +244,20 @@ class Ledger:
         for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
             try:
                 return await self._submit_once(commands)
-            except IntegrityError as error:
-                if not self._store.is_retryable(error):
-                    raise InvariantViolation(f"the database refused a batch the rules accepted: {error.orig}") from error
-                self._note_retry(error)
-            except DBAPIError as error:
-                if not self._store.is_retryable(error):
-                    raise LedgerUnavailable(f"the batch was not committed: {error.orig}") from error
-                self._note_retry(error)
+            except Exception as error:
+                failure = self._store.classify(error)
+                if failure is None:
+                    raise
+                if not failure.retryable:
+                    if failure.integrity:
+                        raise InvariantViolation(f"the database refused a batch the rules accepted: {error}") from error
+                    raise LedgerUnavailable(f"the batch was not committed: {error}") from error
+                self._note_retry(failure.reason)
             if attempt < SUBMIT_ATTEMPTS_MAX:
                 await asyncio.sleep(RETRY_BACKOFF_BASE_S * attempt * (1 + random.random()))
         raise LedgerUnavailable(f"the batch was not committed after {SUBMIT_ATTEMPTS_MAX} attempts")
 
-    def _note_retry(self, error: DBAPIError) -> None:
-        reason = type(error.orig).__name__
+    def _note_retry(self, reason: str) -> None:
         self.stats.retries += 1
         self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
         log.info("retrying batch after %s", reason)
@@ -279,9 +290,7 @@ class Ledger:
         for offset, transfer in enumerate(new):
             transfer.seq = first_seq + offset
         block = seal_block(self.signing_key, head.hash, head.sequence + 1, first_seq, now, new)
-        await store.insert_transfers(conn, new)
-        await store.update_accounts(conn, touched)
-        await store.append_block(conn, block)
+        await store.write_batch(conn, new, touched, block)
         if any(t.expires_at_us is not None or t.pending_id is not None for t in new):
             await store.update_timeouts(conn, new)
 
@@ -331,9 +340,11 @@ class Ledger:
                 return StatementPage([], None)
             balance = list(row)
             if before_seq is not None:
-                # Undo everything newer than the page, to stand where the page starts.
-                for newer in await self._account_transfers(conn, account_id, since_seq=before_seq):
-                    _undo_effect(balance, newer, account_id)
+                # Undo everything newer than the page, summed in the database, to stand where
+                # the page starts.
+                for side, (posted, pending) in (await self._effects_since(conn, account_id, before_seq)).items():
+                    balance[side] -= posted
+                    balance[side + 2] -= pending
             page = await self._account_transfers(conn, account_id, before_seq=before_seq, limit=limit + 1)
         lines: list[StatementLine] = []
         for transfer in page[:limit]:
@@ -343,20 +354,32 @@ class Ledger:
         next_cursor = page[limit - 1].seq if len(page) > limit else None
         return StatementPage(lines, next_cursor)
 
-    async def _account_transfers(self, conn: AsyncConnection, account_id: UUID, *, before_seq: int | None = None,
-                                 since_seq: int | None = None, limit: int | None = None) -> list[Transfer]:
+    async def _account_transfers(self, conn: AsyncConnection, account_id: UUID, *, before_seq: int | None,
+                                 limit: int) -> list[Transfer]:
         found: dict[int, Transfer] = {}
         for column in (transfers.c.debit_account_id, transfers.c.credit_account_id):
-            query = sa.select(transfers).where(column == account_id).order_by(transfers.c.seq.desc())
+            query = sa.select(transfers).where(column == account_id).order_by(transfers.c.seq.desc()).limit(limit)
             if before_seq is not None:
                 query = query.where(transfers.c.seq < before_seq)
-            if since_seq is not None:
-                query = query.where(transfers.c.seq >= since_seq)
-            if limit is not None:
-                query = query.limit(limit)
             found.update((row.seq, transfer_from_row(row)) for row in await conn.execute(query))
-        ordered = sorted(found.values(), key=lambda transfer: transfer.seq, reverse=True)
-        return ordered if limit is None else ordered[:limit]
+        return sorted(found.values(), key=lambda transfer: transfer.seq, reverse=True)[:limit]
+
+    @staticmethod
+    async def _effects_since(conn: AsyncConnection, account_id: UUID, since_seq: int) -> dict[int, tuple[int, int]]:
+        """The summed posted and pending effect on the account of its transfers from ``since_seq``
+        on, keyed 0 for its debit side and 1 for its credit side."""
+        posted = sa.func.coalesce(sa.func.sum(sa.case(
+            (transfers.c.kind.in_((int(TransferKind.POSTED), int(TransferKind.POST_PENDING))), transfers.c.amount_minor),
+            else_=0)), 0)
+        pending = sa.func.coalesce(sa.func.sum(sa.case(
+            (transfers.c.kind == int(TransferKind.PENDING), transfers.c.amount_minor),
+            else_=-transfers.c.released_minor)), 0)
+        effects = {}
+        for side, column in enumerate((transfers.c.debit_account_id, transfers.c.credit_account_id)):
+            row = (await conn.execute(sa.select(posted, pending).where(column == account_id,
+                                                                     transfers.c.seq >= since_seq))).one()
+            effects[side] = (int(row[0]), int(row[1]))
+        return effects
 
     # -- audit -----------------------------------------------------------------------------
 

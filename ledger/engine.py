@@ -183,6 +183,8 @@ class BatchEngine:
             command.kind is _POSTED or type(command.timeout_s) is not int or not 0 < command.timeout_s <= TIMEOUT_S_MAX
         ):
             return ResultCode.INVALID_COMMAND
+        if command.debit_account_id is None or command.credit_account_id is None:
+            return ResultCode.INVALID_COMMAND
         if command.debit_account_id == command.credit_account_id:
             return ResultCode.ACCOUNTS_MUST_BE_DIFFERENT
         debit = self.accounts.get(command.debit_account_id)
@@ -204,12 +206,13 @@ class BatchEngine:
         if (credit.balance_cap_minor is not None and
                 credit.credits_posted + credit.credits_pending + amount - credit.debits_posted > credit.balance_cap_minor):
             return ResultCode.BALANCE_CAP_EXCEEDED
+        # ">=": a process whose clock lags another's must not reopen a day the other has closed.
         if debit.daily_debit_cap_minor is not None:
-            spent_today = debit.debits_day_minor if debit.debit_day == self.day else 0
+            spent_today = debit.debits_day_minor if debit.debit_day >= self.day else 0
             if spent_today + amount > debit.daily_debit_cap_minor:
                 return ResultCode.DAILY_DEBIT_CAP_EXCEEDED
         if debit.annual_debit_cap_minor is not None:
-            spent_this_year = debit.debits_year_minor if debit.debit_year == self.year else 0
+            spent_this_year = debit.debits_year_minor if debit.debit_year >= self.year else 0
             if spent_this_year + amount > debit.annual_debit_cap_minor:
                 return ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
         if (debit.debits_posted + debit.debits_pending + amount > BIGINT_MAX
@@ -241,11 +244,12 @@ class BatchEngine:
         return transfer
 
     def _count_debit(self, debit: AccountState, amount: int) -> None:
-        if debit.debit_day == self.day:
+        # A counter only ever moves forward in time (see _check_new).
+        if debit.debit_day >= self.day:
             debit.debits_day_minor += amount
         else:
             debit.debit_day, debit.debits_day_minor = self.day, amount
-        if debit.debit_year == self.year:
+        if debit.debit_year >= self.year:
             debit.debits_year_minor += amount
         else:
             debit.debit_year, debit.debits_year_minor = self.year, amount

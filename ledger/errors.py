@@ -74,6 +74,7 @@ class AccountResultCode(StrEnum):
     FLAGS_ARE_MUTUALLY_EXCLUSIVE = "flags_are_mutually_exclusive"
     LIMIT_BELOW_BALANCE = "limit_below_balance"
     INVALID_LIMIT = "invalid_limit"
+    INVALID_ACCOUNT = "invalid_account"
 
 
 class LedgerError(Exception):

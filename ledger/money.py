@@ -17,8 +17,11 @@ from ledger.errors import InvalidAmount
 # BIGINT balance before the per-transfer overflow check refuses them.
 AMOUNT_MINOR_MAX = 10**15
 
-# Digits (at most 19 before the point) and an optional fraction; no sign, no exponent, no spaces.
-_DECIMAL_TEXT = re.compile(r"^(?P<whole>[0-9]{1,19})(?:\.(?P<fraction>[0-9]{1,18}))?$")
+# Digits and an optional fraction; no sign, no exponent, no spaces. Lengths are checked after the
+# match so that a long amount is told it is too large, not that it is malformed.
+_DECIMAL_TEXT = re.compile(r"(?P<whole>[0-9]+)(?:\.(?P<fraction>[0-9]+))?")
+# Longer text is refused before any digit is converted (int() of huge strings is slow).
+_AMOUNT_TEXT_LENGTH_MAX = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,9 @@ def parse_amount(text: str | Decimal, currency: Currency, *, max_minor: int = AM
         text = format(text, "f")
     if not isinstance(text, str):
         raise InvalidAmount(f"amount must be a decimal string such as \"128.50\", not a {type(text).__name__}")
-    match = _DECIMAL_TEXT.match(text)
+    if len(text) > _AMOUNT_TEXT_LENGTH_MAX:
+        raise InvalidAmount(f"amount is {len(text)} characters long; at most {_AMOUNT_TEXT_LENGTH_MAX} are accepted")
+    match = _DECIMAL_TEXT.fullmatch(text)
     if match is None:
         if text.startswith("-"):
             raise InvalidAmount(f"amount must be positive, got {text!r}")
@@ -69,6 +74,9 @@ def parse_amount(text: str | Decimal, currency: Currency, *, max_minor: int = AM
         raise InvalidAmount(
             f"{currency.code} has {currency.exponent} decimal places; {text!r} has {len(fraction)}"
         )
+    if len(match["whole"].lstrip("0")) > len(str(max_minor)):
+        raise InvalidAmount(
+            f"amount {text} {currency.code} is above the maximum of {format_amount(max_minor, currency)}")
     minor = int(match["whole"]) * 10**currency.exponent + int(fraction.ljust(currency.exponent, "0") or "0")
     if minor == 0:
         raise InvalidAmount("amount must be greater than zero")

@@ -65,6 +65,7 @@ def upgrade() -> None:
         ),
         sa.ForeignKeyConstraint(["currency"], ["currencies.code"], name=op.f("fk_accounts_currency_currencies")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_accounts")),
+        postgresql_with={"fillfactor": 70},
     )
     op.create_table(
         "transfers",

@@ -1,0 +1,284 @@
+"""Benchmark of the hot transfer path: group commit against one transaction per transfer.
+
+    python -m loadtests.bench_core [--backends sqlite,postgresql] [--scenarios uniform,hot]
+                                   [--transfers 60000] [--baseline-transfers 3000]
+                                   [--concurrency 200] [--accounts 10000] [--json PATH]
+
+For each backend and scenario it runs, in the same process and the same run:
+- ``batched``: ``--concurrency`` caller tasks hand single transfers to one Batcher;
+- ``baseline``: the same callers, each transfer its own ``Ledger.submit`` (one transaction).
+``uniform`` moves money between random pairs of ``--accounts`` funded wallets; ``hot`` pays one
+merchant account from random wallets. Each run starts from a fresh database, prints a table, and
+with ``--json`` writes ``{"results": [...], "ratios": [...], "settings": {...}}``. Latency is per
+transfer, from the caller's submit to its result. PostgreSQL comes from LEDGER_BENCH_POSTGRES_URL.
+This measures; it asserts nothing (speed is judged on ratios, not in timed tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import asyncpg
+import sqlalchemy as sa
+from nacl.signing import SigningKey
+from rich.console import Console
+from rich.table import Table
+
+from ledger import AccountFlags, AccountSpec, Batcher, Ledger, TransferCommand
+from ledger.db import create_engine, migrate
+from ledger.ids import uuid7
+
+POSTGRES_URL = os.environ.get("LEDGER_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+FUNDING_MINOR = 10**12  # every wallet starts rich enough never to run dry during a run
+SETUP_BATCH = 2_000
+
+
+@dataclass
+class RunResult:
+    backend: str
+    scenario: str
+    mode: str
+    transfers: int
+    concurrency: int
+    seconds: float
+    transfers_per_second: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    batches: int
+
+
+class BenchDatabase:
+    """A fresh database per run: a temp file for SQLite, a new database for PostgreSQL."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._pg_name: str | None = None
+
+    async def __aenter__(self) -> str:
+        if self.backend == "sqlite":
+            self._tmp = tempfile.TemporaryDirectory(prefix="ledger-bench-")
+            return f"sqlite+aiosqlite:///{self._tmp.name}/bench.db"
+        self._pg_name = f"ledger_bench_{uuid.uuid4().hex[:10]}"
+        conn = await asyncpg.connect(_dsn(POSTGRES_URL))
+        try:
+            await conn.execute(f'CREATE DATABASE "{self._pg_name}"')
+        finally:
+            await conn.close()
+        return sa.engine.make_url(POSTGRES_URL).set(database=self._pg_name).render_as_string(hide_password=False)
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+        if self._pg_name is not None:
+            conn = await asyncpg.connect(_dsn(POSTGRES_URL))
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self._pg_name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _prepare(ledger: Ledger, accounts: int) -> tuple[list[uuid.UUID], uuid.UUID]:
+    """Open and fund the wallets and one merchant account; none of this is timed."""
+    funding = uuid7()
+    merchant = uuid7()
+    wallets = [uuid7() for _ in range(accounts)]
+    specs = [AccountSpec(funding, "CNY", "funding"), AccountSpec(merchant, "CNY", "merchant")]
+    specs += [AccountSpec(w, "CNY", "wallet", flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS) for w in wallets]
+    for start in range(0, len(specs), SETUP_BATCH):
+        await ledger.create_accounts(specs[start:start + SETUP_BATCH])
+    deposits = [TransferCommand.posted(uuid7(), funding, w, FUNDING_MINOR, "CNY") for w in wallets]
+    for start in range(0, len(deposits), SETUP_BATCH):
+        results = await ledger.submit(deposits[start:start + SETUP_BATCH])
+        if not all(result.ok for result in results):
+            raise RuntimeError(f"funding failed: {results[0].code}")
+    return wallets, merchant
+
+
+def _commands(scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID) -> list[TransferCommand]:
+    rng = random.Random(7)
+    commands = []
+    for _ in range(count):
+        payer = rng.choice(wallets)
+        if scenario == "hot":
+            payee = merchant
+        else:
+            payee = rng.choice(wallets)
+            while payee == payer:
+                payee = rng.choice(wallets)
+        commands.append(TransferCommand.posted(uuid7(), payer, payee, rng.randint(1, 100_000), "CNY"))
+    return commands
+
+
+async def _drive(commands: list[TransferCommand], concurrency: int, submit_one) -> tuple[float, list[float], int]:
+    """``concurrency`` callers take commands off one list until it is empty; returns wall time,
+    per-transfer latencies and the number of non-ok results."""
+    latencies: list[float] = []
+    failed = 0
+    position = 0
+
+    async def caller() -> None:
+        nonlocal position, failed
+        while position < len(commands):
+            command = commands[position]
+            position += 1
+            started = time.perf_counter()
+            result = await submit_one(command)
+            latencies.append(time.perf_counter() - started)
+            if not result.ok:
+                failed += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies, failed
+
+
+async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespace) -> RunResult:
+    async with BenchDatabase(backend) as url:
+        concurrency = args.concurrency if mode == "batched" else args.baseline_concurrency
+        engine_options = {"pool_size": concurrency + 2, "max_overflow": 0} if backend == "postgresql" else {}
+        engine = create_engine(url, **engine_options)
+        await migrate(engine)
+        ledger = Ledger(engine, SigningKey.generate())
+        try:
+            wallets, merchant = await _prepare(ledger, args.accounts)
+            count = args.transfers if mode == "batched" else args.baseline_transfers
+            commands = _commands(scenario, count, wallets, merchant)
+            batches_before = ledger.stats.batches
+            if mode == "batched":
+                batcher = Batcher(ledger, batch_size_max=args.batch_size_max, batch_wait_ms=args.batch_wait_ms,
+                                  queue_depth_max=max(50_000, concurrency * 2), expiry_interval_s=None)
+                batcher.start()
+                try:
+                    seconds, latencies, failed = await _drive(commands, concurrency, batcher.submit)
+                finally:
+                    await batcher.close()
+            else:
+                async def submit_alone(command: TransferCommand):
+                    return (await ledger.submit([command]))[0]
+
+                seconds, latencies, failed = await _drive(commands, concurrency, submit_alone)
+            batches = ledger.stats.batches - batches_before
+            if args.verify:
+                report = await ledger.verify_audit()
+                if not report.ok:
+                    raise RuntimeError(f"audit failed after the run: {report.problems}")
+        finally:
+            await ledger.close()
+    latencies.sort()
+    return RunResult(
+        backend=backend, scenario=scenario, mode=mode, transfers=count, concurrency=concurrency,
+        seconds=round(seconds, 3), transfers_per_second=round(count / seconds, 1),
+        p50_ms=round(_percentile(latencies, 50) * 1000, 3), p99_ms=round(_percentile(latencies, 99) * 1000, 3),
+        failed=failed, batches=batches,
+    )
+
+
+def _percentile(sorted_values: list[float], percent: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(percent / 100 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def _ratios(results: list[RunResult]) -> list[dict]:
+    by_key = {(r.backend, r.scenario, r.mode): r for r in results}
+    ratios = []
+    for backend in sorted({r.backend for r in results}):
+        uniform = by_key.get((backend, "uniform", "batched"))
+        hot = by_key.get((backend, "hot", "batched"))
+        if uniform and hot:
+            ratios.append({"backend": backend, "name": "hot_over_uniform",
+                           "value": round(hot.transfers_per_second / uniform.transfers_per_second, 3)})
+        for scenario in ("uniform", "hot"):
+            batched = by_key.get((backend, scenario, "batched"))
+            baseline = by_key.get((backend, scenario, "baseline"))
+            if batched and baseline:
+                ratios.append({"backend": backend, "scenario": scenario, "name": "batched_over_baseline",
+                               "value": round(batched.transfers_per_second / baseline.transfers_per_second, 2)})
+    return ratios
+
+
+def _print(results: list[RunResult], ratios: list[dict]) -> None:
+    console = Console(width=120)
+    table = Table(title="Ledger hot path: transfers per second (higher is better)")
+    for column in ("backend", "scenario", "mode", "transfers", "callers", "transfers/s", "p50 ms", "p99 ms",
+                   "batches", "failed"):
+        table.add_column(column, justify="left" if column in ("backend", "scenario", "mode") else "right")
+    for r in results:
+        table.add_row(r.backend, r.scenario, r.mode, str(r.transfers), str(r.concurrency),
+                      f"{r.transfers_per_second:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.batches),
+                      str(r.failed))
+    console.print(table)
+    for ratio in ratios:
+        where = f"{ratio['backend']} {ratio.get('scenario', '')}".strip()
+        console.print(f"{where}: {ratio['name']} = {ratio['value']}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests.bench_core", description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="sqlite,postgresql", help="comma list of sqlite, postgresql")
+    parser.add_argument("--scenarios", default="uniform,hot", help="comma list of uniform, hot")
+    parser.add_argument("--modes", default="batched,baseline", help="comma list of batched, baseline")
+    parser.add_argument("--transfers", type=int, default=60_000, help="transfers per batched run")
+    parser.add_argument("--baseline-transfers", type=int, default=3_000, help="transfers per baseline run")
+    parser.add_argument("--concurrency", type=int, default=200, help="concurrent callers in batched runs")
+    parser.add_argument("--baseline-concurrency", type=int, default=50,
+                        help="concurrent callers (and pooled connections) in baseline runs")
+    parser.add_argument("--accounts", type=int, default=10_000, help="funded wallets")
+    parser.add_argument("--batch-size-max", type=int, default=1_000)
+    parser.add_argument("--batch-wait-ms", type=float, default=1.0)
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip the audit verification after each run")
+    parser.add_argument("--json", type=Path, help="write the figures here as JSON")
+    return parser.parse_args(argv)
+
+
+async def main_async(args: argparse.Namespace) -> list[RunResult]:
+    results = []
+    for backend in args.backends.split(","):
+        for scenario in args.scenarios.split(","):
+            for mode in args.modes.split(","):
+                result = await run_one(backend, scenario, mode, args)
+                print(f"  {backend:10} {scenario:8} {mode:8} {result.transfers_per_second:>10,.0f}/s "
+                      f"p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms", file=sys.stderr)
+                results.append(result)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    results = asyncio.run(main_async(args))
+    ratios = _ratios(results)
+    _print(results, ratios)
+    if args.json:
+        settings = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()}
+        document = {
+            "results": [asdict(result) for result in results],
+            "ratios": ratios,
+            "settings": settings,
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The ``ledger`` console script.
+
+    ledger init             migrate the database and create the ledger's signing key
+    ledger migrate          migrate the database only
+    ledger demo             seed a small Shenzhen merchant corridor and run payments through it
+    ledger audit verify     recompute the audit chain, signatures and balances
+
+The database is ``LEDGER_DATABASE_URL`` (default: SQLite in ``LEDGER_DATA_DIR``, ``./ledger-data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from ledger import (
+    AccountFlags,
+    AccountSpec,
+    Batcher,
+    Ledger,
+    Limits,
+    TransferCommand,
+    format_amount,
+    parse_amount,
+)
+from ledger.db import create_engine, migrate
+from ledger.ids import uuid7
+from ledger.keys import load_or_create_signing_key, public_key_text, read_signing_key, verify_key_from_text
+from ledger.money import Currency
+from service.config import Settings
+
+CNY = Currency("CNY", 2)
+
+
+async def init(settings: Settings, console: Console) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    key, created = load_or_create_signing_key(settings.signing_key_path)
+    console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
+    verb = "created" if created else "kept"
+    console.print(f"ledger signing key {verb}: {settings.signing_key_path} (public key {public_key_text(key.verify_key)})")
+
+
+async def migrate_only(settings: Settings, console: Console) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+    finally:
+        await engine.dispose()
+    console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
+
+
+async def audit_verify(settings: Settings, console: Console, public_key: str | None) -> int:
+    if public_key:
+        verify_key = verify_key_from_text(public_key)
+    elif settings.signing_key_path.exists():
+        verify_key = read_signing_key(settings.signing_key_path).verify_key
+    else:
+        console.print(f"[red]no key: pass --public-key or run `ledger init` ({settings.signing_key_path})[/]")
+        return 2
+    engine = create_engine(settings.database_url)
+    try:
+        from ledger.audit import verify_audit
+
+        started = time.perf_counter()
+        report = await verify_audit(engine, verify_key)
+        elapsed = time.perf_counter() - started
+    finally:
+        await engine.dispose()
+    summary = (f"{report.blocks_checked} blocks, {report.transfers_checked} transfers, "
+               f"{report.accounts_checked} accounts checked in {elapsed:.2f} s")
+    if report.ok:
+        console.print(f"[green]audit chain verified[/]: {summary}")
+        return 0
+    console.print(f"[red]audit verification FAILED[/]: {summary}")
+    if report.first_bad_block is not None:
+        console.print(f"first bad block: {report.first_bad_block}")
+    if report.first_bad_account is not None:
+        console.print(f"first bad account: {report.first_bad_account}")
+    for problem in report.problems:
+        console.print(f"  - {problem}")
+    return 1
+
+
+async def demo(settings: Settings, console: Console, payments: int) -> int:
+    """Seed a merchant and e-CNY wallets of three categories, and run payments through the batcher."""
+    await init(settings, console)
+    key, _ = load_or_create_signing_key(settings.signing_key_path)
+    ledger = Ledger(create_engine(settings.database_url), key)
+    try:
+        return await _demo_story(ledger, console, payments)
+    finally:
+        await ledger.close()
+
+
+async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
+    def cny(text: str) -> int:
+        return parse_amount(text, CNY)
+
+    wallet = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+    issuance, merchant = uuid7(), uuid7()
+    # e-CNY wallet categories as limit profiles (DOMAIN.md): 4 = phone number only, 2 = bank-linked.
+    category_4, category_2, category_1 = uuid7(), uuid7(), uuid7()
+    payers = [uuid7() for _ in range(200)]
+    named = {issuance: "e-CNY issuance (operator funding)", merchant: "Shenzhen merchant: Futian Dim Sum House",
+             category_4: "wallet, category 4 (phone only)", category_2: "wallet, category 2 (bank-linked)",
+             category_1: "wallet, category 1 (full KYC)"}
+    await ledger.create_accounts([
+        AccountSpec(issuance, "CNY", "funding"),
+        AccountSpec(merchant, "CNY", "merchant", owner_ref="mch-futian-001", flags=wallet),
+        AccountSpec(category_4, "CNY", "wallet", owner_ref="hk-cust-4", flags=wallet,
+                    limits=Limits(cny("10000"), cny("2000"), cny("5000"), cny("50000"))),
+        AccountSpec(category_2, "CNY", "wallet", owner_ref="hk-cust-2", flags=wallet,
+                    limits=Limits(cny("500000"), cny("50000"), cny("100000"), None)),
+        AccountSpec(category_1, "CNY", "wallet", owner_ref="hk-cust-1", flags=wallet),
+        *[AccountSpec(payer, "CNY", "wallet", owner_ref=f"payer-{n}", flags=wallet) for n, payer in enumerate(payers)],
+    ])
+    story = Table(title="What happened", show_lines=False)
+    for column in ("step", "result"):
+        story.add_column(column)
+
+    async with Batcher(ledger) as batcher:
+        async def run(step: str, *commands: TransferCommand) -> None:
+            results = await batcher.submit_many(commands)
+            outcomes = [("replayed ok" if r.replayed else r.code.value) for r in results]
+            if len(set(outcomes)) == 1 and len(outcomes) > 3:
+                story.add_row(step, f"{len(outcomes)} x {outcomes[0]}")
+            else:
+                story.add_row(step, ", ".join(outcomes))
+
+        deposits = [TransferCommand.posted(uuid7(), issuance, account, cny(amount), "CNY")
+                    for account, amount in ((category_4, "3000"), (category_2, "20000"), (category_1, "50000"))]
+        await run("top up three wallets from issuance", *deposits)
+        lunch = TransferCommand.posted(uuid7(), category_4, merchant, cny("128.50"), "CNY", user_data="order 8841")
+        await run("category 4 wallet pays 128.50 for lunch", lunch)
+        await run("the same payment retried (same id)", lunch)
+        await run("category 4 wallet tries 2,500.00 (cap 2,000 per payment)",
+                  TransferCommand.posted(uuid7(), category_4, merchant, cny("2500"), "CNY"))
+        await run("category 1 wallet tries 80,000.00 (holds 50,000)",
+                  TransferCommand.posted(uuid7(), category_1, merchant, cny("80000"), "CNY"))
+        hold = uuid7()
+        await run("hotel holds 1,000.00 on the category 2 wallet",
+                  TransferCommand.pending(hold, category_2, merchant, cny("1000"), "CNY", timeout_s=3600))
+        await run("hotel captures 860.00 at check-out (rest released)", TransferCommand.post(uuid7(), hold, cny("860")))
+        await run("a linked pair whose second breaks its cap: neither happens", *(
+            TransferCommand.posted(uuid7(), category_1, merchant, cny("10"), "CNY", linked=True),
+            TransferCommand.posted(uuid7(), category_4, merchant, cny("99999"), "CNY")))
+        await run("fund 200 payer wallets", *[TransferCommand.posted(uuid7(), issuance, payer, cny("5000"), "CNY")
+                                              for payer in payers])
+        rng = random.Random(2026)
+        burst = [TransferCommand.posted(uuid7(), rng.choice(payers), merchant, rng.randint(1, 2000), "CNY")
+                 for _ in range(payments)]
+        started = time.perf_counter()
+        batches_before = batcher.batches_committed
+        results = await asyncio.gather(*(batcher.submit(command) for command in burst))
+        elapsed = time.perf_counter() - started
+        ok = sum(result.ok for result in results)
+        story.add_row(f"{payments:,} concurrent payments into the merchant",
+                      f"{ok:,} ok in {batcher.batches_committed - batches_before} batches, {elapsed:.2f} s "
+                      f"({payments / elapsed:,.0f} transfers/s)")
+    console.print(story)
+
+    balances = Table(title="Balances (CNY)")
+    for column, justify in (("account", "left"), ("posted", "right"), ("on hold", "right"), ("available", "right")):
+        balances.add_column(column, justify=justify)
+    found = await ledger.get_accounts(list(named))
+    for account_id, label in named.items():
+        b = found[account_id].balances
+        balances.add_row(label, format_amount(b.credits_posted - b.debits_posted, CNY),
+                         format_amount(b.debits_pending + b.credits_pending, CNY),
+                         format_amount(b.available_minor, CNY))
+    console.print(balances)
+    report = await ledger.verify_audit()
+    if report.ok:
+        console.print(f"[green]audit chain verified[/]: {report.blocks_checked} signed blocks, "
+                      f"{report.transfers_checked} transfers, {report.accounts_checked} accounts")
+        return 0
+    console.print(f"[red]audit verification failed[/]: {report.problems}")
+    return 1
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ledger", description="Shenzhen-Hong Kong payment ledger")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("init", help="migrate the database and create the ledger's signing key")
+    commands.add_parser("migrate", help="migrate the database to the latest schema")
+    demo_parser = commands.add_parser("demo", help="seed a small corridor and run payments through it")
+    demo_parser.add_argument("--payments", type=int, default=5_000, help="concurrent payments in the burst")
+    audit = commands.add_parser("audit", help="audit chain")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_commands.add_parser("verify", help="recompute the chain, its signatures and every balance")
+    verify.add_argument("--public-key", help="base64 Ed25519 public key (default: the data directory's key)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+    console = Console()
+    if args.command == "init":
+        asyncio.run(init(settings, console))
+        return 0
+    if args.command == "migrate":
+        asyncio.run(migrate_only(settings, console))
+        return 0
+    if args.command == "demo":
+        return asyncio.run(demo(settings, console, args.payments))
+    if args.command == "audit" and args.audit_command == "verify":
+        return asyncio.run(audit_verify(settings, console, args.public_key))
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

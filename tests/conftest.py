@@ -1,0 +1,197 @@
+"""Shared fixtures: every storage test runs on SQLite and on PostgreSQL.
+
+Each test gets a database of its own, copied from a template that the migrations built once per
+session: a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL. PostgreSQL comes from
+``LEDGER_TEST_POSTGRES_URL``; when it is unreachable the PostgreSQL cases skip, except under
+``CI=true``, where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from nacl.signing import SigningKey
+
+from ledger import Ledger
+from ledger.db import create_engine, migrate
+from ledger.schema import accounts, transfers
+
+POSTGRES_URL = os.environ.get("LEDGER_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def _dsn(url: str) -> str:
+    """asyncpg's DSN for a SQLAlchemy URL."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def with_database(url: str, name: str) -> str:
+    return sa.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+class PostgresDatabases:
+    """Creates a migrated template once, then one database per test from it."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.template = f"ledger_tpl_{RUN_ID}"
+        self.created: list[str] = []
+        self._counter = 0
+
+    async def _admin(self) -> asyncpg.Connection:
+        return await asyncpg.connect(_dsn(self.admin_url), timeout=5)
+
+    async def setup(self) -> None:
+        conn = await self._admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.template}"')
+        finally:
+            await conn.close()
+        engine = create_engine(with_database(self.admin_url, self.template))
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    async def new_database(self) -> str:
+        self._counter += 1
+        name = f"ledger_t_{RUN_ID}_{self._counter}"
+        conn = await self._admin()
+        try:
+            # FILE_COPY: for a small template, copying files beats WAL-logging every block.
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" STRATEGY FILE_COPY')
+        finally:
+            await conn.close()
+        self.created.append(name)
+        return with_database(self.admin_url, name)
+
+    async def drop(self, name: str) -> None:
+        conn = await self._admin()
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    async def teardown(self) -> None:
+        for name in [*self.created, self.template]:
+            await self.drop(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> PostgresDatabases | None:
+    databases = PostgresDatabases(POSTGRES_URL)
+    try:
+        asyncio.run(databases.setup())
+    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required under CI=true: {error!r}")
+        yield None
+        return
+    yield databases
+    asyncio.run(databases.teardown())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("sqlite-template") / "ledger.db"
+
+    async def build() -> None:
+        engine = create_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await migrate(engine)
+        finally:  # closing the last connection checkpoints the WAL into the file we copy
+            await engine.dispose()
+
+    asyncio.run(build())
+    return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def database_url(backend, tmp_path, sqlite_template, postgres_databases) -> AsyncIterator[str]:
+    """A fresh, migrated database of the test's backend, dropped afterwards."""
+    if backend == "sqlite":
+        path = tmp_path / "ledger.db"
+        shutil.copyfile(sqlite_template, path)
+        yield f"sqlite+aiosqlite:///{path}"
+        return
+    if postgres_databases is None:
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL} (set LEDGER_TEST_POSTGRES_URL)")
+    url = await postgres_databases.new_database()
+    yield url
+    await postgres_databases.drop(sa.engine.make_url(url).database)
+
+
+@pytest.fixture
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+class FakeClock:
+    """A clock the test moves by hand, in microseconds since the epoch."""
+
+    def __init__(self, start_us: int = 1_795_600_000_000_000) -> None:  # 2026-11-25, mid-afternoon in Shanghai
+        self.now_us = start_us
+
+    def __call__(self) -> int:
+        return self.now_us
+
+    def advance(self, *, seconds: float = 0, days: float = 0) -> None:
+        self.now_us += int((seconds + days * 86_400) * 1_000_000)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def ledger(database_url, signing_key, clock) -> AsyncIterator[Ledger]:
+    """A ledger on a fresh database; after the test, the books must balance and the chain verify."""
+    instance = Ledger(create_engine(database_url), signing_key, clock=clock)
+    yield instance
+    try:
+        await assert_invariants(instance)
+    finally:
+        await instance.close()
+
+
+async def assert_invariants(ledger: Ledger, *, verify_chain: bool = True) -> None:
+    """The invariants every scenario must leave intact, checked from the stored rows."""
+    async with ledger.engine.connect() as conn:
+        # Summed in Python: SQLite's SUM() refuses to pass 2^63, which overflow tests approach.
+        per_currency: dict[str, list[int]] = {}
+        for currency, *balances in await conn.execute(sa.select(
+                accounts.c.currency, accounts.c.debits_posted, accounts.c.credits_posted,
+                accounts.c.debits_pending, accounts.c.credits_pending)):
+            totals = per_currency.setdefault(currency, [0, 0, 0, 0])
+            for index, value in enumerate(balances):
+                totals[index] += value
+        for currency, (debits_posted, credits_posted, debits_pending, credits_pending) in per_currency.items():
+            assert debits_posted == credits_posted, f"{currency}: posted debits {debits_posted} != credits {credits_posted}"
+            assert debits_pending == credits_pending, f"{currency}: pending debits {debits_pending} != credits {credits_pending}"
+        broken = (await conn.execute(sa.select(accounts.c.id).where(sa.or_(
+            sa.and_(accounts.c.flags.op("&")(1) != 0,
+                    accounts.c.debits_posted + accounts.c.debits_pending > accounts.c.credits_posted),
+            sa.and_(accounts.c.flags.op("&")(2) != 0,
+                    accounts.c.credits_posted + accounts.c.credits_pending > accounts.c.debits_posted),
+        )))).scalars().all()
+        assert not broken, f"accounts break their balance flags: {broken}"
+        duplicate_ids = (await conn.execute(sa.select(transfers.c.id).group_by(transfers.c.id)
+                                            .having(sa.func.count() > 1))).scalars().all()
+        assert not duplicate_ids, f"transfer ids stored more than once: {duplicate_ids}"
+    if verify_chain:
+        report = await ledger.verify_audit()
+        assert report.ok, report.problems

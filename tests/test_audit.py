@@ -1,0 +1,261 @@
+"""The audit chain on SQLite and PostgreSQL: every committed batch is a signed journal block, and
+``verify_audit`` names the first block or account that a direct change to the database broke.
+
+Tampering tests build their own :class:`Ledger` on ``database_url`` (the ``ledger`` fixture would
+fail its own end-of-test chain check on purpose-broken books).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from uuid import UUID
+
+import pytest
+import sqlalchemy as sa
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from ledger import AccountFlags, AccountSpec, Ledger, TransferCommand
+from ledger.audit import BLOCK_DOMAIN, canonical_transfer_bytes, transfer_from_row
+from ledger.db import create_engine
+from ledger.ids import uuid7
+from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, transfers
+
+WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+Posted, Pending, Post = TransferCommand.posted, TransferCommand.pending, TransferCommand.post
+
+
+@pytest.fixture
+async def own_ledger(database_url, signing_key, clock) -> AsyncIterator[Ledger]:
+    """A ledger whose books the test may break: no invariant check at teardown."""
+    instance = Ledger(create_engine(database_url), signing_key, clock=clock)
+    yield instance
+    await instance.close()
+
+
+async def write_history(ledger: Ledger, clock) -> dict[str, UUID]:
+    """Four committed batches (blocks 1-4) of every kind of transfer, and one batch that fails whole."""
+    funding, wallet, merchant = uuid7(), uuid7(), uuid7()
+    await ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
+                                  AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
+                                  AccountSpec(merchant, "CNY", "merchant", flags=WALLET)])
+    pending_a, pending_b = uuid7(), uuid7()
+    batches = [
+        [Posted(uuid7(), funding, wallet, 10_000, "CNY", user_data="top-up")],
+        [Posted(uuid7(), wallet, merchant, 1_000, "CNY"), Pending(pending_a, wallet, merchant, 2_000, "CNY"),
+         Pending(pending_b, wallet, merchant, 500, "CNY", timeout_s=30)],
+        [Post(uuid7(), pending_a, 1_500), Posted(uuid7(), merchant, funding, 700, "CNY", linked=True),
+         Posted(uuid7(), merchant, funding, 100, "CNY")],
+    ]
+    for batch in batches:
+        assert all(result.ok for result in await ledger.submit(batch))
+    failed = await ledger.submit([Posted(uuid7(), wallet, merchant, 10**9, "CNY")])
+    assert not failed[0].ok
+    clock.advance(seconds=31)
+    assert await ledger.expire_pending() == 1
+    return {"funding": funding, "wallet": wallet, "merchant": merchant}
+
+
+async def block_holding(engine, transfer_seq: int) -> int:
+    async with engine.connect() as conn:
+        return (await conn.execute(sa.select(journal_blocks.c.sequence).where(
+            journal_blocks.c.first_transfer_seq <= transfer_seq,
+            journal_blocks.c.first_transfer_seq + journal_blocks.c.transfer_count > transfer_seq))).scalar_one()
+
+
+async def execute(engine, statement) -> int:
+    async with engine.begin() as conn:
+        return (await conn.execute(statement)).rowcount
+
+
+# -- sound books --------------------------------------------------------------------------------
+
+
+async def test_verify_audit_of_sound_books_is_ok_and_counts_blocks_transfers_and_accounts(ledger, clock):
+    await write_history(ledger, clock)
+    report = await ledger.verify_audit()
+    assert report.ok, report.problems
+    assert (report.blocks_checked, report.transfers_checked, report.accounts_checked) == (4, 8, 3)
+    assert report.first_bad_block is None and report.first_bad_account is None
+    head = await ledger.audit_head()
+    assert (head.sequence, head.last_transfer_seq, head.hash) == (4, 8, report.last_hash)
+
+
+async def test_verify_audit_of_an_empty_ledger_is_ok(ledger):
+    report = await ledger.verify_audit()
+    assert report.ok
+    assert (report.blocks_checked, report.transfers_checked, report.last_hash) == (0, 0, GENESIS_HASH)
+
+
+async def test_only_committed_batches_append_blocks(ledger, clock):
+    await write_history(ledger, clock)
+    async with ledger.engine.connect() as conn:
+        counts = (await conn.execute(sa.select(journal_blocks.c.transfer_count)
+                                     .order_by(journal_blocks.c.sequence))).scalars().all()
+    assert counts == [1, 3, 3, 1]  # the all-failed batch wrote no block
+
+
+async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_with_nacl(ledger, clock):
+    await write_history(ledger, clock)
+    # The public key alone, as an outside auditor would hold it.
+    auditor_key = VerifyKey(bytes(ledger.verify_key))
+    async with ledger.engine.connect() as conn:
+        blocks = (await conn.execute(sa.select(journal_blocks).order_by(journal_blocks.c.sequence))).all()
+        stored = [transfer_from_row(row) for row in
+                  (await conn.execute(sa.select(transfers).order_by(transfers.c.seq))).all()]
+    assert [block.sequence for block in blocks] == [1, 2, 3, 4]
+    previous = GENESIS_HASH
+    for block in blocks:
+        assert bytes(block.prev_hash) == previous
+        end_seq = block.first_transfer_seq + block.transfer_count
+        batch = [t for t in stored if block.first_transfer_seq <= t.seq < end_seq]
+        # Recomputed here from the documented layout: SHA-256(prev || domain || header || transfers).
+        digest = hashlib.sha256(previous + BLOCK_DOMAIN
+                                + block.sequence.to_bytes(8, "big") + block.first_transfer_seq.to_bytes(8, "big")
+                                + len(batch).to_bytes(4, "big") + block.created_at_us.to_bytes(8, "big", signed=True)
+                                + b"".join(canonical_transfer_bytes(t) for t in batch)).digest()
+        assert bytes(block.hash) == digest
+        assert auditor_key.verify(bytes(block.hash), bytes(block.signature)) == bytes(block.hash)
+        previous = bytes(block.hash)
+    with pytest.raises(BadSignatureError):
+        SigningKey.generate().verify_key.verify(bytes(blocks[0].hash), bytes(blocks[0].signature))
+
+
+def test_canonical_bytes_change_when_any_stored_field_changes():
+    import dataclasses
+
+    from ledger import Transfer, TransferKind
+
+    base = Transfer(uuid7(), TransferKind.PENDING, uuid7(), uuid7(), 100, 0, "CNY", None, 30, 5_000, False, "memo",
+                    1_000, seq=7)
+    changes = dict(id=uuid7(), kind=TransferKind.POSTED, debit_account_id=uuid7(), credit_account_id=uuid7(),
+                   amount_minor=101, released_minor=1, currency="HKD", pending_id=uuid7(), timeout_s=31,
+                   expires_at_us=5_001, linked=True, user_data="memO", created_at_us=1_001, seq=8)
+    original = canonical_transfer_bytes(base)
+    for name, value in changes.items():
+        assert canonical_transfer_bytes(dataclasses.replace(base, **{name: value})) != original, name
+    # None and empty user data are different facts and must not hash alike.
+    assert canonical_transfer_bytes(dataclasses.replace(base, user_data=None)) != \
+        canonical_transfer_bytes(dataclasses.replace(base, user_data=""))
+
+
+# -- tampering ----------------------------------------------------------------------------------
+
+
+async def test_changing_one_stored_amount_is_reported_at_the_block_holding_it(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    target_seq = 6  # the linked 700 in block 3
+    assert await execute(own_ledger.engine, transfers.update().where(transfers.c.seq == target_seq)
+                         .values(amount_minor=transfers.c.amount_minor + 1)) == 1
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert report.first_bad_block == await block_holding(own_ledger.engine, target_seq) == 3
+    assert report.blocks_checked == 2
+    assert any("block 3" in problem and "changed" in problem for problem in report.problems)
+
+
+async def test_changing_a_transfers_account_is_reported_at_its_block(own_ledger, clock):
+    names = await write_history(own_ledger, clock)
+    assert await execute(own_ledger.engine, transfers.update().where(transfers.c.seq == 1)
+                         .values(credit_account_id=names["merchant"])) == 1
+    report = await own_ledger.verify_audit()
+    assert (report.ok, report.first_bad_block) == (False, 1)
+
+
+async def test_changing_an_account_balance_is_reported_naming_the_account(own_ledger, clock):
+    names = await write_history(own_ledger, clock)
+    merchant = names["merchant"]
+    assert await execute(own_ledger.engine, accounts.update().where(accounts.c.id == merchant)
+                         .values(credits_posted=accounts.c.credits_posted + 100)) == 1
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert report.first_bad_account == merchant
+    assert report.first_bad_block is None and report.blocks_checked == 4
+    assert any(str(merchant) in problem and "credits_posted" in problem for problem in report.problems)
+
+
+async def test_changing_a_pending_balance_is_reported_naming_the_account(own_ledger, clock):
+    names = await write_history(own_ledger, clock)
+    assert await execute(own_ledger.engine, accounts.update().where(accounts.c.id == names["wallet"])
+                         .values(debits_pending=3)) == 1
+    report = await own_ledger.verify_audit()
+    assert (report.ok, report.first_bad_account) == (False, names["wallet"])
+
+
+async def test_deleting_a_journal_block_in_the_middle_is_reported(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    assert await execute(own_ledger.engine, journal_blocks.delete().where(journal_blocks.c.sequence == 2)) == 1
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert report.blocks_checked == 1
+    assert report.first_bad_block == 3  # the first stored block that does not follow on
+    assert any("expected block 2" in problem for problem in report.problems)
+
+
+async def test_deleting_the_last_journal_block_is_reported(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    assert await execute(own_ledger.engine, journal_blocks.delete().where(journal_blocks.c.sequence == 4)) == 1
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert report.blocks_checked == 3
+    assert any("journal head says block 4" in problem for problem in report.problems)
+
+
+async def test_deleting_a_transfer_is_reported_at_its_block(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    assert await execute(own_ledger.engine, transfers.delete().where(transfers.c.seq == 3)) == 1
+    report = await own_ledger.verify_audit()
+    assert (report.ok, report.first_bad_block) == (False, 2)
+
+
+async def test_a_transfer_inserted_after_the_last_block_is_reported(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    async with own_ledger.engine.begin() as conn:
+        row = (await conn.execute(sa.select(transfers).where(transfers.c.seq == 1))).one()._asdict()
+        row.update(seq=9, id=uuid7())
+        await conn.execute(transfers.insert().values(**row))
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert any("1 transfers lie beyond the last sealed block" in problem for problem in report.problems)
+
+
+async def test_a_forged_signature_is_reported(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    async with own_ledger.engine.connect() as conn:
+        block = (await conn.execute(sa.select(journal_blocks).where(journal_blocks.c.sequence == 2))).one()
+    forged = SigningKey.generate().sign(bytes(block.hash)).signature
+    await execute(own_ledger.engine, journal_blocks.update().where(journal_blocks.c.sequence == 2)
+                  .values(signature=forged))
+    report = await own_ledger.verify_audit()
+    assert (report.ok, report.first_bad_block) == (False, 2)
+    assert any("signature" in problem for problem in report.problems)
+
+
+async def test_verifying_with_another_public_key_reports_a_bad_signature(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    report = await own_ledger.verify_audit(SigningKey.generate().verify_key)
+    assert not report.ok
+    assert report.first_bad_block == 1
+    assert any("signature does not verify" in problem for problem in report.problems)
+    assert (await own_ledger.verify_audit()).ok
+
+
+async def test_a_resealed_chain_under_another_key_is_reported(database_url, signing_key, clock):
+    """A forger who rewrites history must re-sign it; without the ledger's private key that shows."""
+    forger = Ledger(create_engine(database_url), SigningKey.generate(), clock=clock)
+    try:
+        await write_history(forger, clock)
+        assert (await forger.verify_audit()).ok
+        report = await forger.verify_audit(signing_key.verify_key)
+        assert (report.ok, report.first_bad_block) == (False, 1)
+    finally:
+        await forger.close()
+
+
+async def test_changing_the_journal_head_is_reported(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    await execute(own_ledger.engine, journal_head.update().values(hash=bytes(32)))
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert any("journal head" in problem for problem in report.problems)
