@@ -70,7 +70,7 @@ class Batcher:
         self._closing = False
         self.writers = writers
         self._writer_tasks: list[asyncio.Task] = []
-        self._idle_writers = 0
+        self._busy_writers = 0  # writers with a batch in flight
         self._next_expiry = 0.0
         self.batches_committed = 0
         self.batch_sizes_max_seen = 0
@@ -143,7 +143,11 @@ class Batcher:
                 await self._linger()
             items = self._take_batch()
             if items:
-                await self._commit(items, runs_expiry=index == 0)
+                self._busy_writers += 1
+                try:
+                    await self._commit(items, runs_expiry=index == 0)
+                finally:
+                    self._busy_writers -= 1
 
     async def _linger(self) -> None:
         """Let callers that are about to hand in work join this batch: yield to the event loop
@@ -159,20 +163,16 @@ class Batcher:
 
     async def _idle(self, *, runs_expiry: bool) -> None:
         self._wakeup.clear()
-        self._idle_writers += 1
-        try:
-            if self.expiry_interval_s is None or not runs_expiry:
-                await self._wakeup.wait()
+        if self.expiry_interval_s is None or not runs_expiry:
+            await self._wakeup.wait()
+            return
+        delay = self._next_expiry - time.monotonic()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), delay)
                 return
-            delay = self._next_expiry - time.monotonic()
-            if delay > 0:
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), delay)
-                    return
-                except TimeoutError:
-                    pass
-        finally:
-            self._idle_writers -= 1
+            except TimeoutError:
+                pass
         await self._expire()
 
     async def _expire(self) -> None:
@@ -187,10 +187,11 @@ class Batcher:
 
     def _take_batch(self) -> list[_Item]:
         limit = self.batch_size_max
-        if self._idle_writers and self._queued >= 2 * PIPELINE_SPLIT_MIN:
-            # Leave a share for the idle writer: two half batches in flight keep both Python and
+        free_writers = self.writers - 1 - self._busy_writers
+        if free_writers > 0 and self._queued >= 2 * PIPELINE_SPLIT_MIN:
+            # Leave a share for the free writer: two half batches in flight keep both Python and
             # the database busy, where one full batch would leave each idle half the time.
-            limit = min(limit, -(-self._queued // (self._idle_writers + 1)))
+            limit = min(limit, -(-self._queued // (free_writers + 1)))
         items: list[_Item] = []
         size = 0
         queue = self._queue

@@ -88,6 +88,10 @@ class StatementPage:
     next_cursor: int | None  # pass back as ``before_seq`` for the next (older) page
 
 
+class _LocksIncomplete(Exception):
+    """The batch found it needs an account lock it did not take; it is retried from scratch."""
+
+
 class Ledger:
     """One ledger over one database. Cheap to share between tasks; make one per process."""
 
@@ -244,6 +248,9 @@ class Ledger:
         for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
             try:
                 return await self._submit_once(commands)
+            except _LocksIncomplete as error:
+                self._note_retry(str(error))
+                continue
             except Exception as error:
                 failure = self._store.classify(error)
                 if failure is None:
@@ -267,12 +274,18 @@ class Ledger:
         ids = {command.id for command in commands}
         pending_ids = {command.pending_id for command in commands if command.pending_id is not None}
         async with self.engine.begin() as conn:
-            # Stored transfers never change, so reading them before the locks is safe; a transfer
-            # that another process commits meanwhile under the same id makes our insert fail on
-            # the unique index, and the retry then answers idempotently.
+            # Which accounts a post or void touches is known only from its pending transfer.
+            # Stored transfers never change, so that one read may come before the locks.
+            pendings = await store.load_transfers(conn, pending_ids) if pending_ids else {}
+            states = await store.lock_accounts(conn, accounts_needed(commands, pendings))
+            # Everything that decides a result is read under the locks: whoever else stores one
+            # of these ids or resolves one of these holds must hold the same account locks, so
+            # what we read now stays true until we commit.
             known = await store.load_transfers(conn, ids | pending_ids)
             resolved = await store.load_resolutions(conn, pending_ids) if pending_ids else {}
-            states = await store.lock_accounts(conn, accounts_needed(commands, known))
+            if any(transfer_id not in pendings for transfer_id in pending_ids & known.keys()):
+                # A hold committed elsewhere between the two reads: its accounts are not locked.
+                raise _LocksIncomplete("a pending transfer appeared while its accounts were being locked")
             batch = BatchEngine(states, known, resolved, self.clock())
             results = batch.apply(commands)
             new = batch.new_transfers

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.audit import JournalBlock, transfer_from_row
 from ledger.engine import AccountState
+from ledger.errors import InvariantViolation
 from ledger.model import Transfer, TransferKind
 from ledger.schema import accounts, journal_blocks, journal_head, pending_timeouts, transfers
 
@@ -148,7 +149,8 @@ class PostgresBatchStore(BatchStore):
     )
 
     async def load_transfers(self, conn, ids):
-        driver = await _driver_connection(conn)
+        # Also used before the locks (for holds, which never change), hence no transaction check.
+        driver = await _driver_connection(conn, in_transaction=False)
         return {record[1]: _transfer_from_record(record) for record in await driver.fetch(self._load, _array_text(ids))}
 
     async def load_resolutions(self, conn, pending_ids):
@@ -156,8 +158,10 @@ class PostgresBatchStore(BatchStore):
         return {record[0]: TransferKind(record[1]) for record in await driver.fetch(self._resolutions, _array_text(pending_ids))}
 
     async def lock_accounts(self, conn, ids):
-        driver = await _driver_connection(conn)
-        return {record[0]: AccountState(*record) for record in await driver.fetch(self._lock, _array_text(ids))}
+        # Through SQLAlchemy, not the driver: SQLAlchemy sends BEGIN lazily, before its own first
+        # statement, and a lock taken outside that transaction would be released at once.
+        rows = await conn.exec_driver_sql(self._lock, (_array_text(ids),))
+        return {row[0]: AccountState(*row) for row in rows}
 
     async def write_batch(self, conn, batch, touched, block):
         driver = await _driver_connection(conn)
@@ -264,9 +268,13 @@ def store_for(dialect_name: str) -> BatchStore:
     raise ValueError(f"no batch store for the {dialect_name} dialect")
 
 
-async def _driver_connection(conn: AsyncConnection):
+async def _driver_connection(conn: AsyncConnection, *, in_transaction: bool = True):
     raw = await conn.get_raw_connection()
-    return raw.driver_connection
+    driver = raw.driver_connection
+    if in_transaction and not driver.is_in_transaction():
+        # A write or a decisive read outside the batch's transaction would not be atomic with it.
+        raise InvariantViolation("batch statement issued outside the batch's transaction")
+    return driver
 
 
 def _array_text(values: Iterable) -> str:
