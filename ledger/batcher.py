@@ -49,10 +49,11 @@ class Batcher:
                  batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT, queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
                  expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT, writers: int | None = None) -> None:
         if writers is None:
-            # On PostgreSQL a second writer prepares and checks its batch while the first one
-            # waits on the database, so Python and PostgreSQL work at once. SQLite has one
-            # writer at a time whatever we do, so a second one would only wait on the lock.
-            writers = 2 if ledger.engine.dialect.name == "postgresql" else 1
+            # One writer: measured on PostgreSQL, two writers splitting the queue cost more per
+            # transfer (twice the batches, each paying BEGIN/commit/head) than their overlap won,
+            # because the journal head serialises the write half of every batch anyway. SQLite has
+            # one writer at a time whatever we do.
+            writers = 1
         if not 1 <= writers <= WRITERS_MAX:
             raise ValueError(f"writers must be between 1 and {WRITERS_MAX}")
         if not 1 <= batch_size_max <= BATCH_SIZE_MAX:
