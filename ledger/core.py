@@ -273,14 +273,17 @@ class Ledger:
         store = self._store
         ids = {command.id for command in commands}
         pending_ids = {command.pending_id for command in commands if command.pending_id is not None}
-        async with self.engine.begin() as conn:
+        async with store.transaction(self.engine) as conn:
             # Which accounts a post or void touches is known only from its pending transfer.
             # Stored transfers never change, so that one read may come before the locks.
             pendings = await store.load_transfers(conn, pending_ids) if pending_ids else {}
             states = await store.lock_accounts(conn, accounts_needed(commands, pendings))
             # Everything that decides a result is read under the locks: whoever else stores one
             # of these ids or resolves one of these holds must hold the same account locks, so
-            # what we read now stays true until we commit.
+            # what we read now stays true until we commit. (Read in the locking statement, the
+            # ids would come from a snapshot taken before the lock wait: a transfer committed
+            # meanwhile by another process would be missed, and its replay here refused as
+            # insufficient funds instead of answered; a test proves this.)
             known = await store.load_transfers(conn, ids | pending_ids)
             resolved = await store.load_resolutions(conn, pending_ids) if pending_ids else {}
             if any(transfer_id not in pendings for transfer_id in pending_ids & known.keys()):
@@ -296,7 +299,7 @@ class Ledger:
             self.stats.transfers_committed += len(new)
         return results
 
-    async def _write_batch(self, conn: AsyncConnection, new: list[Transfer], touched: list, now: int) -> None:
+    async def _write_batch(self, conn, new: list[Transfer], touched: list, now: int) -> None:
         store = self._store
         head: JournalHead = await store.lock_head(conn)
         first_seq = head.last_transfer_seq + 1
