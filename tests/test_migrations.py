@@ -160,10 +160,9 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync_and_foreign_keys(tmp_path)
     assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # table storage options exist on PostgreSQL only
 async def test_postgresql_storage_options_of_the_schema_module_are_those_the_migration_set(backend, empty_engine):
     # Alembic's comparison does not look at table storage options (WITH (fillfactor=...)).
-    if backend != "postgresql":
-        pytest.skip("table storage options exist on PostgreSQL only")
     await migrate(empty_engine)
     expected = {table.name: {key: str(value) for key, value in
                              (table.dialect_options["postgresql"]["with"] or {}).items()}
