@@ -26,7 +26,6 @@ from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
     LedgerUnavailable,
-    ResultCode,
     UnknownCurrency,
 )
 from ledger.ids import derived_id, now_us
