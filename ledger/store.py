@@ -41,6 +41,23 @@ _TRANSFER_COLUMNS = (
 _RESOLUTION_KINDS = (int(TransferKind.POST_PENDING), int(TransferKind.VOID_PENDING), int(TransferKind.EXPIRE_PENDING))
 
 
+class ConnectionLost(Exception):
+    """The connection died under a batch. Retrying the whole batch on a new connection is safe
+    even if its COMMIT had reached the server: the retry finds its transfer ids stored and
+    answers them as replays, so nothing is applied twice."""
+
+
+# Class 08 (connection exception) arrives as asyncpg.PostgresConnectionError; these are the server
+# ending the session: admin shutdown (pg_terminate_backend, a fast shutdown), crash shutdown,
+# cannot connect now.
+_SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _connection_lost(error: BaseException) -> bool:
+    return isinstance(error, (asyncpg.PostgresConnectionError, ConnectionError)) or (
+        isinstance(error, asyncpg.PostgresError) and error.sqlstate in _SESSION_ENDED_SQLSTATES)
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseFailure:
     """A database error as the batch path sees it: may the whole batch be retried, and did the
@@ -157,11 +174,18 @@ class PostgresBatchStore(BatchStore):
         # The batch path talks to asyncpg directly, under asyncpg's own transaction: measured,
         # SQLAlchemy's per-row result handling was a third of a batch's Python time. SQLAlchemy
         # only lends the pooled connection; it never starts a transaction on it here, so its
-        # reset on return has nothing to undo.
+        # reset on return has nothing to undo. A connection that died under the batch is taken
+        # out of the pool, and the batch is retried on a fresh one (see ConnectionLost).
         async with engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
-            async with driver.transaction():
-                yield driver
+            try:
+                async with driver.transaction():
+                    yield driver
+            except Exception as error:
+                if driver.is_closed() or _connection_lost(error):
+                    await conn.invalidate()
+                    raise ConnectionLost(f"the database connection was lost: {error!r}") from error
+                raise
 
     async def load_transfers(self, driver, ids):
         return {record[1]: _transfer_from_record(record) for record in await driver.fetch(self._load, _uuid_array(ids))}
@@ -216,6 +240,8 @@ class PostgresBatchStore(BatchStore):
             driver_error = cause if isinstance(cause, asyncpg.PostgresError) else None
             state = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
             name = type(driver_error).__name__ if driver_error is not None else type(error.orig).__name__
+        elif isinstance(error, ConnectionLost):
+            return DatabaseFailure(retryable=True, integrity=False, reason=f"connection lost ({error.__cause__!r})")
         elif isinstance(error, asyncpg.PostgresError):
             state, name = error.sqlstate, type(error).__name__
         elif isinstance(error, (OSError, asyncpg.InterfaceError)):

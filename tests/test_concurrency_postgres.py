@@ -489,6 +489,55 @@ async def test_a_batch_that_keeps_hitting_a_retryable_error_gives_up_with_ledger
     await assert_invariants(ledger)
 
 
+# -- connections that die under the batch path ------------------------------------------------------
+
+
+async def terminate(ledger, pid: int) -> None:
+    """End one server session the way an operator or a failover does (waits until it is gone)."""
+    async with ledger.engine.connect() as conn:
+        assert (await conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 5000)")).scalar() is True
+
+
+async def test_a_batch_whose_connection_is_terminated_midway_is_retried_on_a_new_one_and_applied_once(
+        instances, monkeypatch):
+    ledger = instances()
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    store, real_lock_head, killed = ledger._store, ledger._store.lock_head, []
+
+    async def lock_head_after_losing_the_session(driver):
+        # The accounts are locked and the rules have run: the session ends before the write.
+        if not killed:
+            killed.append(driver.get_server_pid())
+            await terminate(ledger, killed[0])
+        return await real_lock_head(driver)
+
+    monkeypatch.setattr(store, "lock_head", lock_head_after_losing_the_session)
+    transfer_id = uuid7()
+    [result] = await ledger.submit([TransferCommand.posted(transfer_id, source, merchant, 700, "CNY")])
+
+    assert result.ok and not result.replayed
+    assert killed and any(reason.startswith("connection lost") for reason in ledger.stats.retry_reasons)
+    assert (await ledger.get_account(merchant)).balances.credits_posted == 700
+    assert (await ledger.get_transfer(transfer_id)).amount_minor == 700
+    await assert_invariants(ledger)
+
+
+async def test_a_pooled_connection_terminated_between_batches_costs_no_batch(instances):
+    ledger = instances(pool_size=1, max_overflow=0)
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    await fund(ledger, source, merchant, 100)
+    async with ledger.engine.connect() as conn:
+        pid = (await conn.get_raw_connection()).driver_connection.get_server_pid()
+    other = instances()
+    await terminate(other, pid)  # the only pooled connection of ``ledger`` is now dead
+
+    [result] = await ledger.submit([TransferCommand.posted(uuid7(), source, merchant, 50, "CNY")])
+
+    assert result.ok
+    assert (await ledger.get_account(merchant)).balances.credits_posted == 150
+    await assert_invariants(ledger)
+
+
 # -- the batch statements' plans ----------------------------------------------------------------
 
 
