@@ -18,7 +18,7 @@ from uuid import UUID
 import aiosqlite
 import asyncpg
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.audit import JournalBlock
 from ledger.engine import AccountState
@@ -87,22 +87,22 @@ class BatchStore:
     """The steps of the batch path that read or write; subclasses say them in their dialect.
 
     ``transaction(engine)`` opens the batch's one transaction and yields the handle every other
-    step takes: SQLAlchemy's connection on SQLite, asyncpg's own connection on PostgreSQL.
+    step takes: the driver's own connection (asyncpg, aiosqlite), lent by SQLAlchemy's pool.
     """
 
     def transaction(self, engine: AsyncEngine):
         raise NotImplementedError
 
-    async def load_transfers(self, conn: AsyncConnection, ids: Iterable[UUID]) -> dict[UUID, Transfer]:
+    async def load_transfers(self, conn, ids: Iterable[UUID]) -> dict[UUID, Transfer]:
         raise NotImplementedError
 
-    async def load_resolutions(self, conn: AsyncConnection, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
+    async def load_resolutions(self, conn, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
         raise NotImplementedError
 
-    async def lock_accounts(self, conn: AsyncConnection, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
+    async def lock_accounts(self, conn, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         raise NotImplementedError
 
-    async def write_batch(self, conn: AsyncConnection, batch: list[Transfer], touched: list[AccountState],
+    async def write_batch(self, conn, batch: list[Transfer], touched: list[AccountState],
                           block: JournalBlock) -> None:
         """Store the batch's transfers, each touched account's new balances, and its journal block."""
         raise NotImplementedError
