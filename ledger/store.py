@@ -119,6 +119,15 @@ class BatchStore:
         """Track pending transfers with a timeout until they are resolved."""
         raise NotImplementedError
 
+    @staticmethod
+    def _timeout_changes(batch: list[Transfer]) -> tuple[list[Transfer], list[UUID]]:
+        """The holds with a timeout this batch opens (and does not resolve itself), and the holds
+        it resolves."""
+        resolved = [t.pending_id for t in batch if t.pending_id is not None]
+        resolved_set = set(resolved)
+        added = [t for t in batch if t.expires_at_us is not None and t.id not in resolved_set]
+        return added, resolved
+
 
 class PostgresBatchStore(BatchStore):
     """Arrays instead of IN lists (one prepared statement whatever the batch size), and all of a
@@ -202,9 +211,7 @@ class PostgresBatchStore(BatchStore):
         return JournalHead(record[0], bytes(record[1]), record[2])
 
     async def update_timeouts(self, driver, batch):
-        resolved = [t.pending_id for t in batch if t.pending_id is not None]
-        resolved_set = set(resolved)
-        added = [t for t in batch if t.expires_at_us is not None and t.id not in resolved_set]
+        added, resolved = self._timeout_changes(batch)
         if added:
             await driver.execute(self._add_timeouts, _uuid_array([t.id for t in added]),
                                  _array_text([t.expires_at_us for t in added]))
@@ -322,11 +329,9 @@ class SqliteBatchStore(BatchStore):
                                                  block.first_transfer_seq + block.transfer_count - 1))
 
     async def update_timeouts(self, driver, batch):
-        resolved = [t.pending_id for t in batch if t.pending_id is not None]
-        resolved_set = set(resolved)
-        added = [(t.id.hex, t.expires_at_us) for t in batch if t.expires_at_us is not None and t.id not in resolved_set]
+        added, resolved = self._timeout_changes(batch)
         if added:
-            await driver.executemany(self._add_timeout, added)
+            await driver.executemany(self._add_timeout, [(t.id.hex, t.expires_at_us) for t in added])
         if resolved:
             await driver.executemany(self._drop_timeout, [(pending_id.hex,) for pending_id in resolved])
 
