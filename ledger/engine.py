@@ -65,9 +65,6 @@ class AccountState:
     debits_day_minor: int
     debit_year: int
     debits_year_minor: int
-    # Where the locked row lies (PostgreSQL's ctid), so the batch's update goes straight to it
-    # instead of through the primary key again; None where the store does not use it.
-    row_ref: object = None
     touched: bool = False
 
     def snapshot(self) -> tuple[int, ...]:
