@@ -1,6 +1,7 @@
 """The ledger core: accounts, double-entry transfers, two-phase holds, idempotent ids, limits,
 group commit and an Ed25519-signed audit chain. Knows nothing of wallets, settlement or HTTP."""
 
+from ledger.audit import Anchor, AuditReport
 from ledger.batcher import Batcher
 from ledger.core import Ledger, StatementLine, StatementPage
 from ledger.errors import (
@@ -29,7 +30,7 @@ from ledger.model import (
 from ledger.money import Currency, format_amount, parse_amount
 
 __all__ = [
-    "Account", "AccountFlags", "AccountResult", "AccountResultCode", "AccountSpec", "AccountStatus", "Balances",
+    "Account", "AccountFlags", "Anchor", "AuditReport", "AccountResult", "AccountResultCode", "AccountSpec", "AccountStatus", "Balances",
     "Batcher", "Currency", "InvalidAmount", "InvariantViolation", "Ledger", "LedgerError", "LedgerOverloaded",
     "LedgerShuttingDown", "LedgerUnavailable", "Limits", "ResultCode", "StatementLine", "StatementPage", "Transfer",
     "TransferCommand", "TransferKind", "TransferResult", "format_amount", "parse_amount",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from dataclasses import dataclass, field
+from typing import Sequence
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.db import read_transaction
 from ledger.model import Transfer, TransferKind
 from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, transfers
 
@@ -88,6 +90,32 @@ def transfer_from_row(row: sa.Row) -> Transfer:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A block's sequence and hash, recorded somewhere the database's owner cannot rewrite (an
+    operator's log, another system, paper). The signatures prove who sealed each block; only an
+    anchor proves that blocks were not removed from the end, or the database restored from an
+    older copy. ``ledger audit head`` prints one; ``ledger audit verify --anchor`` checks it."""
+
+    sequence: int
+    hash: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        """``SEQUENCE:HASH`` as ``str(anchor)`` writes it (the hash in 64 hex digits)."""
+        sequence, separator, digest = text.strip().partition(":")
+        try:
+            anchor = cls(int(sequence), bytes.fromhex(digest))
+        except ValueError:
+            anchor = None
+        if not separator or anchor is None or anchor.sequence < 1 or len(anchor.hash) != 32:
+            raise ValueError(f"an anchor is SEQUENCE:HASH with a 64-hex-digit hash, got {text!r}")
+        return anchor
+
+    def __str__(self) -> str:
+        return f"{self.sequence}:{self.hash.hex()}"
+
+
 @dataclass(slots=True)
 class AuditReport:
     """What ``verify_audit`` found. ``ok`` only if the chain, every signature and every balance agree."""
@@ -108,33 +136,44 @@ class AuditReport:
 _BALANCE_COLUMNS = ("debits_posted", "credits_posted", "debits_pending", "credits_pending")
 
 
-async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey) -> AuditReport:
-    """Recompute the chain, its signatures and every account's balances from the transfers.
+async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey, anchors: Sequence[Anchor] = ()) -> AuditReport:
+    """Recompute the chain, its signatures and every account's balances from the transfers, and
+    check that the chain holds every anchor (a block recorded outside the database) unchanged.
 
     Reads in one snapshot (a repeatable-read transaction on PostgreSQL, one read transaction on
     SQLite) so that batches committed meanwhile cannot make sound books look broken.
     """
     report = AuditReport()
     totals: dict[UUID, list[int]] = {}
-    async with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            conn = await conn.execution_options(isolation_level="REPEATABLE READ")
-        async with conn.begin():
-            head = (await conn.execute(sa.select(journal_head))).one()
-            await _verify_blocks(conn, verify_key, report, totals)
-            if report.ok and (report.blocks_checked != head.sequence or (
-                    report.blocks_checked and head.hash != report.last_hash)):
-                report.problems.append(
-                    f"journal head says block {head.sequence}, the chain ends at block {report.blocks_checked}")
-            stray = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
-                                        .where(transfers.c.seq > head.last_transfer_seq))).scalar_one()
-            if stray:
-                report.problems.append(f"{stray} transfers lie beyond the last sealed block")
-            await _verify_balances(conn, report, totals)
+    async with read_transaction(engine, snapshot=True) as conn:
+        head = (await conn.execute(sa.select(journal_head))).one()
+        await _verify_blocks(conn, verify_key, report, totals, {anchor.sequence: anchor for anchor in anchors})
+        beyond = [anchor.sequence for anchor in anchors if anchor.sequence > report.blocks_checked]
+        if beyond and report.first_bad_block is None:
+            report.problems.append(
+                f"the chain ends at block {report.blocks_checked}, but block {max(beyond)} was recorded "
+                "outside the ledger: blocks were removed, or the database was restored from an older copy")
+        if report.ok and (report.blocks_checked != head.sequence or (
+                report.blocks_checked and head.hash != report.last_hash)):
+            report.problems.append(
+                f"journal head says block {head.sequence}, the chain ends at block {report.blocks_checked}")
+        stray = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
+                                    .where(transfers.c.seq > head.last_transfer_seq))).scalar_one()
+        if stray:
+            report.problems.append(f"{stray} transfers lie beyond the last sealed block")
+        await _verify_balances(conn, report, totals)
     return report
 
 
-async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, totals: dict[UUID, list[int]]) -> None:
+async def newest_anchor(engine: AsyncEngine) -> Anchor | None:
+    """The newest block as an :class:`Anchor` (None before the first block)."""
+    async with read_transaction(engine) as conn:
+        head = (await conn.execute(sa.select(journal_head.c.sequence, journal_head.c.hash))).one()
+    return Anchor(head.sequence, bytes(head.hash)) if head.sequence else None
+
+
+async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, totals: dict[UUID, list[int]],
+                         anchors: dict[int, Anchor]) -> None:
     prev_hash = GENESIS_HASH
     expected_seq = 1
     last_sequence = 0
@@ -155,6 +194,10 @@ async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, total
             batch = [by_seq[seq] for seq in range(block.first_transfer_seq, block.first_transfer_seq + block.transfer_count)
                      if seq in by_seq]
             problem = _block_problem(block, batch, prev_hash, expected_seq, report.blocks_checked + 1, verify_key)
+            anchor = anchors.get(block.sequence)
+            if problem is None and anchor is not None and anchor.hash != block.hash:
+                problem = (f"block {block.sequence}: its hash is not the one recorded outside the ledger "
+                           "(the history up to it was rewritten and sealed again)")
             if problem is not None:
                 report.first_bad_block = block.sequence
                 report.problems.append(problem)

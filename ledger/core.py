@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.audit import AuditReport, seal_block, transfer_from_row, verify_audit
-from ledger.db import READ_ONLY, create_engine
+from ledger.audit import Anchor, AuditReport, newest_anchor, seal_block, transfer_from_row, verify_audit
+from ledger.db import create_engine, read_transaction
 from ledger.engine import BatchEngine, accounts_needed
 from ledger.errors import (
     AccountResultCode,
@@ -403,36 +403,17 @@ class Ledger:
             row = (await conn.execute(sa.select(journal_head))).one()
         return JournalHead(row.sequence, bytes(row.hash), row.last_transfer_seq)
 
-    async def verify_audit(self, verify_key: VerifyKey | None = None) -> AuditReport:
-        return await verify_audit(self.engine, verify_key or self.verify_key)
+    async def verify_audit(self, verify_key: VerifyKey | None = None, anchors: Sequence[Anchor] = ()) -> AuditReport:
+        return await verify_audit(self.engine, verify_key or self.verify_key, anchors)
+
+    async def audit_anchor(self) -> Anchor | None:
+        """The newest block as an :class:`Anchor` to record outside the ledger (None before the first)."""
+        return await newest_anchor(self.engine)
 
     # -- helpers ---------------------------------------------------------------------------
 
     def _reading(self, *, snapshot: bool = False):
-        return _ReadTransaction(self.engine, snapshot)
-
-
-class _ReadTransaction:
-    """A read-only transaction: a deferred BEGIN on SQLite (no write lock), and on PostgreSQL
-    REPEATABLE READ when the caller needs several statements to see one snapshot."""
-
-    def __init__(self, engine: AsyncEngine, snapshot: bool) -> None:
-        self._engine, self._snapshot = engine, snapshot
-
-    async def __aenter__(self) -> AsyncConnection:
-        self._conn = await self._engine.connect()
-        options = dict(READ_ONLY)
-        if self._snapshot and self._engine.dialect.name == "postgresql":
-            options["isolation_level"] = "REPEATABLE READ"
-        conn = await self._conn.execution_options(**options)
-        await conn.begin()
-        return conn
-
-    async def __aexit__(self, *exc_info) -> None:
-        try:
-            await self._conn.rollback()
-        finally:
-            await self._conn.close()
+        return read_transaction(self.engine, snapshot=snapshot)
 
 
 def _undo_effect(balance: list[int], transfer: Transfer, account_id: UUID) -> None:

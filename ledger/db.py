@@ -8,13 +8,15 @@ transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its 
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 # A read-only transaction on SQLite opts out of BEGIN IMMEDIATE with this execution option.
 READ_ONLY = {"ledger_read_only": True}
@@ -59,6 +61,22 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
             conn.exec_driver_sql("BEGIN")
         else:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@asynccontextmanager
+async def read_transaction(engine: AsyncEngine, *, snapshot: bool = False) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction: a deferred BEGIN on SQLite (a WAL snapshot, no write lock), and
+    on PostgreSQL REPEATABLE READ when the caller needs several statements to see one snapshot."""
+    async with engine.connect() as conn:
+        options = dict(READ_ONLY)
+        if snapshot and engine.dialect.name == "postgresql":
+            options["isolation_level"] = "REPEATABLE READ"
+        conn = await conn.execution_options(**options)
+        await conn.begin()
+        try:
+            yield conn
+        finally:
+            await conn.rollback()
 
 
 def alembic_config() -> Config:

@@ -3,7 +3,8 @@
     ledger init             migrate the database and create the ledger's signing key
     ledger migrate          migrate the database only
     ledger demo             seed a small Shenzhen merchant corridor and run payments through it
-    ledger audit verify     recompute the audit chain, signatures and balances
+    ledger audit verify     recompute the audit chain, signatures and balances (--anchor SEQ:HASH)
+    ledger audit head       print the newest block as SEQ:HASH, to record outside the ledger
 
 The database is ``LEDGER_DATABASE_URL`` (default: SQLite in ``LEDGER_DATA_DIR``, ``./ledger-data``).
 """
@@ -15,6 +16,8 @@ import asyncio
 import random
 import sys
 import time
+from typing import Sequence
+
 
 from rich.console import Console
 from rich.table import Table
@@ -29,6 +32,7 @@ from ledger import (
     format_amount,
     parse_amount,
 )
+from ledger.audit import Anchor, newest_anchor, verify_audit
 from ledger.db import create_engine, migrate
 from ledger.ids import uuid7
 from ledger.keys import load_or_create_signing_key, public_key_text, read_signing_key, verify_key_from_text
@@ -60,7 +64,23 @@ async def migrate_only(settings: Settings, console: Console) -> None:
     console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
 
 
-async def audit_verify(settings: Settings, console: Console, public_key: str | None) -> int:
+async def audit_head(settings: Settings, console: Console) -> int:
+    """Print the newest block as an anchor to record outside the ledger."""
+    engine = create_engine(settings.database_url)
+    try:
+        anchor = await newest_anchor(engine)
+    finally:
+        await engine.dispose()
+    if anchor is None:
+        console.print("no blocks yet: nothing to anchor")
+        return 0
+    # Plain print: the anchor is meant to be copied or piped, not wrapped by the console.
+    print(anchor)
+    return 0
+
+
+async def audit_verify(settings: Settings, console: Console, public_key: str | None,
+                       anchors: Sequence[str] = ()) -> int:
     if public_key:
         verify_key = verify_key_from_text(public_key)
     elif settings.signing_key_path.exists():
@@ -68,12 +88,15 @@ async def audit_verify(settings: Settings, console: Console, public_key: str | N
     else:
         console.print(f"[red]no key: pass --public-key or run `ledger init` ({settings.signing_key_path})[/]")
         return 2
+    try:
+        parsed_anchors = [Anchor.parse(text) for text in anchors]
+    except ValueError as error:
+        console.print(f"[red]{error}[/]")
+        return 2
     engine = create_engine(settings.database_url)
     try:
-        from ledger.audit import verify_audit
-
         started = time.perf_counter()
-        report = await verify_audit(engine, verify_key)
+        report = await verify_audit(engine, verify_key, parsed_anchors)
         elapsed = time.perf_counter() - started
     finally:
         await engine.dispose()
@@ -206,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="recompute the chain, its signatures and every balance")
     verify.add_argument("--public-key", help="base64 Ed25519 public key (default: the data directory's key)")
+    verify.add_argument("--anchor", action="append", default=[], metavar="SEQUENCE:HASH",
+                        help="a block recorded earlier with `ledger audit head`; the chain must still hold it "
+                             "(repeatable)")
+    audit_commands.add_parser("head", help="print the newest block as SEQUENCE:HASH, to record outside the ledger")
     return parser
 
 
@@ -222,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return asyncio.run(demo(settings, console, args.payments))
     if args.command == "audit" and args.audit_command == "verify":
-        return asyncio.run(audit_verify(settings, console, args.public_key))
+        return asyncio.run(audit_verify(settings, console, args.public_key, args.anchor))
+    if args.command == "audit" and args.audit_command == "head":
+        return asyncio.run(audit_head(settings, console))
     return 2
 
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from ledger import AccountFlags, AccountSpec, Ledger, TransferCommand
+from ledger import AccountFlags, AccountSpec, Anchor, Ledger, TransferCommand
 from ledger.audit import BLOCK_DOMAIN, canonical_transfer_bytes, transfer_from_row
 from ledger.db import create_engine
 from ledger.ids import uuid7
@@ -259,3 +259,61 @@ async def test_changing_the_journal_head_is_reported(own_ledger, clock):
     report = await own_ledger.verify_audit()
     assert not report.ok
     assert any("journal head" in problem for problem in report.problems)
+
+
+# -- anchors: blocks recorded outside the ledger ------------------------------------------------------
+
+
+async def cut_back_to(ledger: Ledger, head, balances: dict) -> None:
+    """What an insider with database access but no signing key can do without breaking the chain:
+    remove the newest blocks and their transfers, and set the head and the balances back (the same
+    as restoring an older copy of the database)."""
+    async with ledger.engine.begin() as conn:
+        await conn.execute(sa.delete(transfers).where(transfers.c.seq > head.last_transfer_seq))
+        await conn.execute(sa.delete(journal_blocks).where(journal_blocks.c.sequence > head.sequence))
+        await conn.execute(journal_head.update().values(sequence=head.sequence, hash=head.hash,
+                                                        last_transfer_seq=head.last_transfer_seq))
+        for account_id, account in balances.items():
+            b = account.balances
+            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(
+                debits_posted=b.debits_posted, credits_posted=b.credits_posted,
+                debits_pending=b.debits_pending, credits_pending=b.credits_pending))
+
+
+async def test_newest_blocks_cut_off_pass_the_chain_check_but_not_an_anchor_recorded_before(own_ledger):
+    funding, wallet = uuid7(), uuid7()
+    await own_ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
+                                      AccountSpec(wallet, "CNY", "wallet", flags=WALLET)])
+    assert (await own_ledger.submit([Posted(uuid7(), funding, wallet, 500, "CNY")]))[0].ok
+    earlier_head = await own_ledger.audit_head()
+    earlier_balances = await own_ledger.get_accounts([funding, wallet])
+    assert (await own_ledger.submit([Posted(uuid7(), funding, wallet, 9_000, "CNY")]))[0].ok
+    anchor = await own_ledger.audit_anchor()
+    assert anchor == Anchor(2, (await own_ledger.audit_head()).hash)
+
+    await cut_back_to(own_ledger, earlier_head, earlier_balances)
+
+    # Every remaining block is sound and signed: without an anchor the cut cannot be seen.
+    assert (await own_ledger.verify_audit()).ok
+    report = await own_ledger.verify_audit(anchors=[anchor])
+    assert not report.ok and report.blocks_checked == 1
+    assert any("block 2 was recorded outside the ledger" in problem for problem in report.problems)
+
+
+async def test_an_anchor_whose_hash_the_chain_does_not_hold_names_that_block(own_ledger, clock):
+    await write_history(own_ledger, clock)
+    good = await own_ledger.audit_anchor()
+    assert (await own_ledger.verify_audit(anchors=[good])).ok
+    report = await own_ledger.verify_audit(anchors=[good, Anchor(2, hashlib.sha256(b"other").digest())])
+    assert (report.ok, report.first_bad_block) == (False, 2)
+    assert any("not the one recorded outside the ledger" in problem for problem in report.problems)
+
+
+def test_an_anchor_reads_back_what_it_prints_and_refuses_anything_else():
+    anchor = Anchor(7, hashlib.sha256(b"block").digest())
+    assert Anchor.parse(str(anchor)) == anchor
+    assert Anchor.parse(f" {anchor} \n") == anchor
+    for text in ("7", "7:", f"0:{anchor.hash.hex()}", f"-1:{anchor.hash.hex()}", f"x:{anchor.hash.hex()}",
+                 f"7:{anchor.hash.hex()[:-2]}", "7:zz" + anchor.hash.hex()[2:]):
+        with pytest.raises(ValueError):
+            Anchor.parse(text)

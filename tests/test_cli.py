@@ -1,0 +1,95 @@
+"""The ``ledger`` console script on both databases: init, the demo, and the audit commands an
+operator runs (verify, head, --anchor). The commands' coroutines are called directly with the
+test's database; ``main`` (argument parsing and exit codes) is checked on the embedded default."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import sqlalchemy as sa
+from rich.console import Console
+
+from ledger.audit import Anchor
+from ledger.db import create_engine
+from ledger.keys import public_key_text, read_signing_key
+from ledger.schema import transfers
+from service import cli
+from service.config import Settings
+
+
+@pytest.fixture
+def settings(tmp_path, database_url) -> Settings:
+    return Settings(data_dir=tmp_path / "ledger-data", database_url=database_url)
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO(), width=120)
+
+
+async def tamper_one_amount(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.update(transfers).where(transfers.c.seq == 3)
+                               .values(amount_minor=transfers.c.amount_minor + 1))
+    finally:
+        await engine.dispose()
+
+
+async def test_demo_then_audit_verify_passes_and_a_changed_amount_fails_it(settings, capsys):
+    assert await cli.demo(settings, quiet(), payments=60) == 0
+    assert settings.signing_key_path.exists()
+    assert await cli.audit_verify(settings, quiet(), public_key=None) == 0
+    # An outside auditor holds only the public key.
+    public_key = public_key_text(read_signing_key(settings.signing_key_path).verify_key)
+    assert await cli.audit_verify(settings, quiet(), public_key=public_key) == 0
+
+    await tamper_one_amount(settings.database_url)
+
+    assert await cli.audit_verify(settings, quiet(), public_key=public_key) == 1
+
+
+async def test_audit_head_prints_an_anchor_that_verify_accepts_until_the_history_is_rewritten(settings, capsys):
+    assert await cli.demo(settings, quiet(), payments=20) == 0
+    capsys.readouterr()
+    assert await cli.audit_head(settings, quiet()) == 0
+    printed = capsys.readouterr().out.strip()
+    anchor = Anchor.parse(printed)
+    assert anchor.sequence >= 1 and str(anchor) == printed
+
+    assert await cli.audit_verify(settings, quiet(), None, anchors=[printed]) == 0
+    # The same anchor with another hash: the chain does not hold that block.
+    forged = str(Anchor(anchor.sequence, bytes(32)))
+    assert await cli.audit_verify(settings, quiet(), None, anchors=[forged]) == 1
+    # An anchor beyond the chain's end: blocks were cut off (or an older copy restored).
+    beyond = str(Anchor(anchor.sequence + 5, anchor.hash))
+    assert await cli.audit_verify(settings, quiet(), None, anchors=[beyond]) == 1
+
+
+async def test_audit_verify_refuses_a_malformed_anchor_with_exit_code_2(settings):
+    await cli.init(settings, quiet())
+    for text in ("12", "x:00", "3:abcd", "0:" + "00" * 32):
+        assert await cli.audit_verify(settings, quiet(), None, anchors=[text]) == 2
+
+
+async def test_audit_head_of_a_ledger_without_blocks_says_so_and_prints_no_anchor(settings, capsys):
+    await cli.init(settings, quiet())
+    capsys.readouterr()
+    console = quiet()
+    assert await cli.audit_head(settings, console) == 0
+    assert "no blocks yet" in console.file.getvalue()
+    assert capsys.readouterr().out == ""  # nothing a script could take for an anchor
+
+
+def test_main_runs_init_demo_and_audit_on_the_embedded_default(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    assert cli.main(["init"]) == 0
+    assert cli.main(["demo", "--payments", "30"]) == 0
+    assert (tmp_path / "data" / "ledger.db").exists()
+    capsys.readouterr()
+    assert cli.main(["audit", "head"]) == 0
+    anchor = capsys.readouterr().out.strip()
+    assert cli.main(["audit", "verify", "--anchor", anchor]) == 0
+    assert cli.main(["audit", "verify", "--anchor", "not-an-anchor"]) == 2
