@@ -19,7 +19,15 @@ import sqlalchemy as sa
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ledger.audit import Anchor, AuditReport, newest_anchor, seal_block, transfer_from_row, verify_audit
+from ledger.audit import (
+    Anchor,
+    AuditReport,
+    JournalBlock,
+    newest_anchor,
+    seal_block,
+    transfer_from_row,
+    verify_audit,
+)
 from ledger.db import create_engine, read_transaction
 from ledger.engine import BatchEngine, accounts_needed
 from ledger.errors import (
@@ -43,7 +51,7 @@ from ledger.model import (
     TransferResult,
 )
 from ledger.money import Currency
-from ledger.schema import accounts, currencies, journal_head, pending_timeouts, transfers
+from ledger.schema import accounts, currencies, journal_blocks, journal_head, pending_timeouts, transfers
 from ledger.store import JournalHead, store_for
 
 log = logging.getLogger(__name__)
@@ -402,6 +410,18 @@ class Ledger:
         async with self._reading() as conn:
             row = (await conn.execute(sa.select(journal_head))).one()
         return JournalHead(row.sequence, bytes(row.hash), row.last_transfer_seq)
+
+    async def newest_block(self) -> JournalBlock | None:
+        """The newest journal block with its signature (what ``GET /v1/audit/head`` serves beside
+        the ledger's public key), or None before the first batch."""
+        async with self._reading() as conn:
+            row = (await conn.execute(
+                sa.select(journal_blocks).join(journal_head, journal_blocks.c.sequence == journal_head.c.sequence)
+            )).first()
+        if row is None:
+            return None
+        return JournalBlock(row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature),
+                            row.first_transfer_seq, row.transfer_count, row.created_at_us)
 
     async def verify_audit(self, verify_key: VerifyKey | None = None, anchors: Sequence[Anchor] = ()) -> AuditReport:
         return await verify_audit(self.engine, verify_key or self.verify_key, anchors)

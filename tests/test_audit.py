@@ -317,3 +317,14 @@ def test_an_anchor_reads_back_what_it_prints_and_refuses_anything_else():
                  f"7:{anchor.hash.hex()[:-2]}", "7:zz" + anchor.hash.hex()[2:]):
         with pytest.raises(ValueError):
             Anchor.parse(text)
+
+
+async def test_the_newest_block_is_the_head_and_its_signature_verifies_with_the_public_key_alone(ledger, clock):
+    assert await ledger.newest_block() is None
+    await write_history(ledger, clock)
+    head, block = await ledger.audit_head(), await ledger.newest_block()
+    assert (block.sequence, block.hash) == (head.sequence, head.hash)
+    assert block.first_transfer_seq + block.transfer_count - 1 == head.last_transfer_seq
+    auditor_key = VerifyKey(bytes(ledger.verify_key))
+    assert auditor_key.verify(block.hash, block.signature) == block.hash
+    assert await ledger.audit_anchor() == Anchor(block.sequence, block.hash)
