@@ -348,11 +348,13 @@ class SqliteBatchStore(BatchStore):
 
 
 def _transfer_from_sqlite(row) -> Transfer:
+    """As ``_transfer_from_record``, from SQLite's forms: ids as 32 hex digits, ``linked`` as 0/1."""
     (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
      timeout_s, expires_at_us, linked, user_data, created_at_us) = row
-    return Transfer(UUID(hex=id_), TransferKind(kind), UUID(hex=debit_account_id), UUID(hex=credit_account_id),
-                    amount_minor, released_minor, currency, None if pending_id is None else UUID(hex=pending_id),
-                    timeout_s, expires_at_us, bool(linked), user_data, created_at_us, seq)
+    return _transfer_from_record((
+        seq, UUID(hex=id_), kind, UUID(hex=debit_account_id), UUID(hex=credit_account_id), amount_minor,
+        released_minor, currency, None if pending_id is None else UUID(hex=pending_id), timeout_s, expires_at_us,
+        bool(linked), user_data, created_at_us))
 
 
 def _json_hex_array(ids: Iterable[UUID]) -> str:
