@@ -35,9 +35,9 @@ def create_engine(url: str, **engine_options) -> AsyncEngine:
         engine_options.setdefault("pool_size", POSTGRES_POOL_SIZE)
         engine_options.setdefault("max_overflow", POSTGRES_POOL_OVERFLOW_MAX)
         # No ping before each checkout: it was a round trip per batch (5% of the hot path). A
-        # connection found dead is invalidated instead: the batch path retries the batch on a
-        # fresh one (ledger.store.ConnectionLost); SQLAlchemy does the same for Core reads,
-        # which then fail once and work on the next call.
+        # dead connection renews the whole pool instead (after a restart they all are): the
+        # batch path then retries the batch on a fresh one (ledger.store.ConnectionLost), and
+        # SQLAlchemy does the same for Core reads, the one that met it failing once.
         engine_options.setdefault("pool_pre_ping", False)
         return create_async_engine(url, **engine_options)
     raise ValueError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")

@@ -193,6 +193,11 @@ class PostgresBatchStore(BatchStore):
             except Exception as error:
                 if driver.is_closed() or _connection_lost(error):
                     await conn.invalidate()
+                    # One dead session usually means all of them (a restart, a failover): renew
+                    # the whole pool, as SQLAlchemy does when a Core statement meets a
+                    # disconnect. Meeting the dead ones one retry at a time would use up the
+                    # batch's attempts; a test proves the next batch and read succeed.
+                    await engine.dispose()
                     raise ConnectionLost(f"the database connection was lost: {error!r}") from error
                 raise
 

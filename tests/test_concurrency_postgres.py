@@ -28,6 +28,7 @@ from ledger import (
     TransferCommand,
     TransferKind,
 )
+from ledger.core import SUBMIT_ATTEMPTS_MAX
 from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import accounts, transfers
@@ -481,7 +482,6 @@ async def test_a_batch_that_keeps_hitting_a_retryable_error_gives_up_with_ledger
     finally:
         async with ledger.engine.begin() as conn:
             await conn.exec_driver_sql("DROP TRIGGER always_conflict ON transfers")
-    from ledger.core import SUBMIT_ATTEMPTS_MAX
     assert SUBMIT_ATTEMPTS_MAX - 1 <= ledger.stats.retries <= SUBMIT_ATTEMPTS_MAX
     assert await ledger.get_transfer(command.id) is None
     assert (await ledger.get_account(target)).balances.credits_posted == 0
@@ -530,6 +530,30 @@ async def test_a_pooled_connection_terminated_between_batches_costs_no_batch(ins
         pid = (await conn.get_raw_connection()).driver_connection.get_server_pid()
     other = instances()
     await terminate(other, pid)  # the only pooled connection of ``ledger`` is now dead
+
+    [result] = await ledger.submit([TransferCommand.posted(uuid7(), source, merchant, 50, "CNY")])
+
+    assert result.ok
+    assert (await ledger.get_account(merchant)).balances.credits_posted == 150
+    await assert_invariants(ledger)
+
+
+async def test_after_a_restart_ends_every_pooled_session_the_next_batch_and_the_next_read_succeed(instances):
+    """A PostgreSQL restart or failover kills every pooled connection at once. The batch retries
+    on a new connection a bounded number of times, so the first dead one it meets must renew the
+    whole pool: meeting them one by one would use up the attempts (the pool holds more dead ones
+    than SUBMIT_ATTEMPTS_MAX) and fail the batch."""
+    pool_size = SUBMIT_ATTEMPTS_MAX + 2
+    ledger = instances(pool_size=pool_size, max_overflow=0)
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    await fund(ledger, source, merchant, 100)
+    held = [await ledger.engine.connect() for _ in range(pool_size)]
+    pids = [(await conn.get_raw_connection()).driver_connection.get_server_pid() for conn in held]
+    for conn in held:
+        await conn.close()  # back to the pool, alive for now
+    other = instances()
+    for pid in pids:
+        await terminate(other, pid)
 
     [result] = await ledger.submit([TransferCommand.posted(uuid7(), source, merchant, 50, "CNY")])
 
