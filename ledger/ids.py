@@ -1,7 +1,8 @@
 """Time-sortable ids (UUIDv7, RFC 9562) and the ledger's clock.
 
 Python 3.11 has no ``uuid.uuid7``; this one draws its random bits from ``os.urandom`` in blocks,
-because one system call per id was a visible share of the hot path's time.
+because one system call per id was a visible share of the hot path's time. A forked child starts
+with an empty pool of its own (see ``_forget_random_pool``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def _random_bytes10() -> bytes:
         chunk = _random_pool[_random_offset:_random_offset + 10]
         _random_offset += 10
     return chunk
+
+
+def _forget_random_pool() -> None:
+    """A forked child must not reuse the parent's unread random bytes: both processes would then
+    draw the same bits, and ids made in the same millisecond would be equal."""
+    global _random_pool, _random_offset, _random_lock
+    _random_lock = threading.Lock()  # the parent may have held it at the fork
+    _random_pool = b""
+    _random_offset = 0
+
+
+os.register_at_fork(after_in_child=_forget_random_pool)
 
 
 def uuid7() -> UUID:
