@@ -2,11 +2,14 @@
 
     python -m loadtests.bench_core [--backends sqlite,postgresql] [--scenarios uniform,hot]
                                    [--transfers 60000] [--baseline-transfers 3000]
-                                   [--concurrency 200] [--accounts 10000] [--repeat 3] [--json PATH]
+                                   [--concurrency 200] [--processes 1] [--accounts 10000] [--repeat 3]
+                                   [--json PATH]
 
 For each backend and scenario it runs, in the same process and the same run:
 - ``batched``: ``--concurrency`` caller tasks hand single transfers to one Batcher;
 - ``baseline``: the same callers, each transfer its own ``Ledger.submit`` (one transaction).
+With ``--processes N`` the batched runs are split over N writer processes against one database,
+each with a Ledger, a Batcher and ``--concurrency`` callers of its own (the service scaled out).
 ``uniform`` moves money between random pairs of ``--accounts`` funded wallets; ``hot`` pays one
 merchant account from random wallets. Each run starts from a fresh database. Every case runs
 ``--repeat`` times and reports its median run (by throughput) with the others beside it, because
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -44,6 +48,8 @@ from ledger.ids import uuid7
 POSTGRES_URL = os.environ.get("LEDGER_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 FUNDING_MINOR = 10**12  # every wallet starts rich enough never to run dry during a run
 SETUP_BATCH = 2_000
+PROCESS_START_TIMEOUT_S = 60
+PROCESS_RUN_TIMEOUT_S = 600
 
 
 @dataclass
@@ -59,6 +65,7 @@ class RunResult:
     p99_ms: float
     failed: int
     batches: int
+    processes: int = 1
     # Every repeat's throughput, in run order; the other figures are the median run's.
     runs_transfers_per_second: list[float] = field(default_factory=list)
 
@@ -115,8 +122,9 @@ async def _prepare(ledger: Ledger, accounts: int) -> tuple[list[uuid.UUID], uuid
     return wallets, merchant
 
 
-def _commands(scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID) -> list[TransferCommand]:
-    rng = random.Random(7)
+def _commands(scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID,
+              seed: int = 7) -> list[TransferCommand]:
+    rng = random.Random(seed)
     commands = []
     for _ in range(count):
         payer = rng.choice(wallets)
@@ -154,31 +162,34 @@ async def _drive(commands: list[TransferCommand], concurrency: int, submit_one) 
 
 
 async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespace) -> RunResult:
+    processes = args.processes if mode == "batched" else 1
     async with BenchDatabase(backend) as url:
         concurrency = args.concurrency if mode == "batched" else args.baseline_concurrency
-        engine_options = {"pool_size": concurrency + 2, "max_overflow": 0} if backend == "postgresql" else {}
-        engine = create_engine(url, **engine_options)
+        engine = create_engine(url, **_engine_options(backend, concurrency))
         await migrate(engine)
         ledger = Ledger(engine, SigningKey.generate())
         try:
             wallets, merchant = await _prepare(ledger, args.accounts)
             count = args.transfers if mode == "batched" else args.baseline_transfers
-            commands = _commands(scenario, count, wallets, merchant)
             batches_before = ledger.stats.batches
-            if mode == "batched":
-                batcher = Batcher(ledger, batch_size_max=args.batch_size_max, batch_wait_ms=args.batch_wait_ms,
-                                  queue_depth_max=max(50_000, concurrency * 2), expiry_interval_s=None)
-                batcher.start()
-                try:
-                    seconds, latencies, failed = await _drive(commands, concurrency, batcher.submit)
-                finally:
-                    await batcher.close()
+            if processes > 1:
+                seconds, latencies, failed, batches = await _drive_processes(
+                    backend, url, bytes(ledger.signing_key), scenario, count, wallets, merchant, args)
             else:
-                async def submit_alone(command: TransferCommand):
-                    return (await ledger.submit([command]))[0]
+                commands = _commands(scenario, count, wallets, merchant)
+                if mode == "batched":
+                    batcher = _batcher(ledger, args)
+                    batcher.start()
+                    try:
+                        seconds, latencies, failed = await _drive(commands, concurrency, batcher.submit)
+                    finally:
+                        await batcher.close()
+                else:
+                    async def submit_alone(command: TransferCommand):
+                        return (await ledger.submit([command]))[0]
 
-                seconds, latencies, failed = await _drive(commands, concurrency, submit_alone)
-            batches = ledger.stats.batches - batches_before
+                    seconds, latencies, failed = await _drive(commands, concurrency, submit_alone)
+                batches = ledger.stats.batches - batches_before
             if args.verify:
                 report = await ledger.verify_audit()
                 if not report.ok:
@@ -190,8 +201,76 @@ async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespa
         backend=backend, scenario=scenario, mode=mode, transfers=count, concurrency=concurrency,
         seconds=round(seconds, 3), transfers_per_second=round(count / seconds, 1),
         p50_ms=round(_percentile(latencies, 50) * 1000, 3), p99_ms=round(_percentile(latencies, 99) * 1000, 3),
-        failed=failed, batches=batches,
+        failed=failed, batches=batches, processes=processes,
     )
+
+
+def _engine_options(backend: str, concurrency: int) -> dict:
+    return {"pool_size": concurrency + 2, "max_overflow": 0} if backend == "postgresql" else {}
+
+
+def _batcher(ledger: Ledger, args: argparse.Namespace) -> Batcher:
+    return Batcher(ledger, batch_size_max=args.batch_size_max, batch_wait_ms=args.batch_wait_ms,
+                   queue_depth_max=max(50_000, args.concurrency * 2), expiry_interval_s=None)
+
+
+async def _drive_processes(backend: str, url: str, key: bytes, scenario: str, count: int, wallets: list[uuid.UUID],
+                           merchant: uuid.UUID, args: argparse.Namespace) -> tuple[float, list[float], int, int]:
+    """The batched run split over ``--processes`` writer processes against one database, each a
+    Ledger and Batcher of its own with ``--concurrency`` callers, as the service scales out. The
+    clock runs from the moment all are ready until the last one is done."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or pool
+    ready, start, done = context.Queue(), context.Event(), context.Queue()
+    shares = [count // args.processes + (index < count % args.processes) for index in range(args.processes)]
+    workers = [context.Process(target=_process_main, daemon=True, args=(
+        backend, url, key, scenario, share, wallets, merchant, 7 + index, args, ready, start, done))
+        for index, share in enumerate(shares)]
+    for worker in workers:
+        worker.start()
+    loop = asyncio.get_running_loop()
+    try:
+        for _ in workers:
+            await loop.run_in_executor(None, ready.get, True, PROCESS_START_TIMEOUT_S)
+        started = time.perf_counter()
+        start.set()
+        reports = [await loop.run_in_executor(None, done.get, True, PROCESS_RUN_TIMEOUT_S) for _ in workers]
+        seconds = time.perf_counter() - started
+    finally:
+        for worker in workers:
+            worker.join(timeout=PROCESS_START_TIMEOUT_S)
+            if worker.is_alive():
+                worker.kill()
+    errors = [report["error"] for report in reports if "error" in report]
+    if errors:
+        raise RuntimeError(f"a writer process failed: {errors[0]}")
+    latencies = [latency for report in reports for latency in report["latencies"]]
+    return (seconds, latencies, sum(report["failed"] for report in reports),
+            sum(report["batches"] for report in reports))
+
+
+def _process_main(backend: str, url: str, key: bytes, scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID,
+                  seed: int, args: argparse.Namespace, ready, start, done) -> None:
+    async def run() -> dict:
+        ledger = Ledger(create_engine(url, **_engine_options(backend, args.concurrency)), SigningKey(key))
+        try:
+            commands = _commands(scenario, count, wallets, merchant, seed)
+            batcher = _batcher(ledger, args)
+            batcher.start()
+            try:
+                ready.put(True)
+                await asyncio.get_running_loop().run_in_executor(None, start.wait)
+                _, latencies, failed = await _drive(commands, args.concurrency, batcher.submit)
+            finally:
+                await batcher.close()
+            return {"latencies": latencies, "failed": failed, "batches": ledger.stats.batches}
+        finally:
+            await ledger.close()
+
+    try:
+        done.put(asyncio.run(run()))
+    except Exception as error:  # the parent must hear of it rather than wait for its timeout
+        ready.put(False)
+        done.put({"error": repr(error)})
 
 
 def _percentile(sorted_values: list[float], percent: float) -> float:
@@ -222,12 +301,12 @@ def _ratios(results: list[RunResult]) -> list[dict]:
 def _print(results: list[RunResult], ratios: list[dict]) -> None:
     console = Console(width=150)
     table = Table(title="Ledger hot path: transfers per second, median run (higher is better)")
-    for column in ("backend", "scenario", "mode", "transfers", "callers", "transfers/s", "runs (min-max)",
+    for column in ("backend", "scenario", "mode", "transfers", "processes", "callers", "transfers/s", "runs (min-max)",
                    "p50 ms", "p99 ms", "batches", "failed"):
         table.add_column(column, justify="left" if column in ("backend", "scenario", "mode") else "right")
     for r in results:
         spread = f"{min(r.runs_transfers_per_second):,.0f}-{max(r.runs_transfers_per_second):,.0f}"
-        table.add_row(r.backend, r.scenario, r.mode, str(r.transfers), str(r.concurrency),
+        table.add_row(r.backend, r.scenario, r.mode, str(r.transfers), str(r.processes), str(r.concurrency),
                       f"{r.transfers_per_second:,.0f}", spread, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.batches),
                       str(r.failed))
     console.print(table)
@@ -253,6 +332,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=200, help="concurrent callers in batched runs")
     parser.add_argument("--baseline-concurrency", type=int, default=50,
                         help="concurrent callers (and pooled connections) in baseline runs")
+    parser.add_argument("--processes", type=_positive_int, default=1,
+                        help="writer processes sharing the batched runs (each with --concurrency callers)")
     parser.add_argument("--accounts", type=int, default=10_000, help="funded wallets")
     parser.add_argument("--batch-size-max", type=int, default=1_000)
     parser.add_argument("--batch-wait-ms", type=float, default=1.0)

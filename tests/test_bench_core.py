@@ -51,3 +51,19 @@ def test_the_reported_run_is_the_median_by_throughput_and_carries_every_run():
 def test_repeat_must_be_positive():
     with pytest.raises(SystemExit):
         bench_core.parse_args(["--repeat", "0"])
+
+
+async def test_a_batched_run_can_be_split_over_two_writer_processes_and_every_transfer_succeeds(
+        backend, database_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_core, "POSTGRES_URL", POSTGRES_URL)
+    args = bench_core.parse_args([
+        "--backends", backend, "--modes", "batched", "--transfers", "101", "--accounts", "30",
+        "--concurrency", "8", "--processes", "2", "--repeat", "1"])
+
+    results = await bench_core.main_async(args)
+
+    # Each case ran in two processes against one database and the chain verified afterwards.
+    assert {(r.scenario, r.processes, r.failed, r.transfers) for r in results} == {
+        ("uniform", 2, 0, 101), ("hot", 2, 0, 101)}
+    for result in results:
+        assert result.batches >= 2  # at least one batch per process
