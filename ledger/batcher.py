@@ -18,7 +18,7 @@ import time
 from collections import deque
 from typing import Sequence
 
-from ledger.core import BATCH_SIZE_MAX, Ledger
+from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
 from ledger.errors import LedgerError, LedgerOverloaded, LedgerShuttingDown, LedgerUnavailable, ResultCode
 from ledger.model import TransferCommand, TransferResult
 
@@ -111,7 +111,8 @@ class Batcher:
             raise LedgerShuttingDown("the ledger is shutting down and takes no new transfers")
         if len(commands) > self.batch_size_max:
             raise ValueError(f"at most {self.batch_size_max} commands go in one batch, got {len(commands)}")
-        if commands[-1].linked:
+        check_commands(commands)  # here, so that a foreign object fails its caller, not a shared batch
+        if commands[-1].linked is True:
             # A chain left open here would run on into another caller's commands.
             return ([TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in commands[:-1]]
                     + [TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN)])

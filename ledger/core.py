@@ -29,7 +29,7 @@ from ledger.audit import (
     verify_audit,
 )
 from ledger.db import create_engine, read_transaction
-from ledger.engine import BatchEngine, accounts_needed
+from ledger.engine import BatchEngine, accounts_needed, well_formed
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
@@ -252,9 +252,13 @@ class Ledger:
             return []
         if len(commands) > BATCH_SIZE_MAX:
             raise ValueError(f"a batch holds at most {BATCH_SIZE_MAX} commands, got {len(commands)}")
+        check_commands(commands)
+        # Malformed commands are answered by the engine (invalid_command) and kept out of every
+        # id and account set the batch reads and locks.
+        usable = [command for command in commands if well_formed(command)]
         for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
             try:
-                return await self._submit_once(commands)
+                return await self._submit_once(commands, usable)
             except _LocksIncomplete as error:
                 self._note_retry(str(error))
                 continue
@@ -276,15 +280,15 @@ class Ledger:
         self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
         log.info("retrying batch after %s", reason)
 
-    async def _submit_once(self, commands: list[TransferCommand]) -> list[TransferResult]:
+    async def _submit_once(self, commands: list[TransferCommand], usable: list[TransferCommand]) -> list[TransferResult]:
         store = self._store
-        ids = {command.id for command in commands}
-        pending_ids = {command.pending_id for command in commands if command.pending_id is not None}
+        ids = {command.id for command in usable}
+        pending_ids = {command.pending_id for command in usable if command.pending_id is not None}
         async with store.transaction(self.engine) as conn:
             # Which accounts a post or void touches is known only from its pending transfer.
             # Stored transfers never change, so that one read may come before the locks.
             pendings = await store.load_transfers(conn, pending_ids) if pending_ids else {}
-            states = await store.lock_accounts(conn, accounts_needed(commands, pendings))
+            states = await store.lock_accounts(conn, accounts_needed(usable, pendings))
             # Everything that decides a result is read under the locks: whoever else stores one
             # of these ids or resolves one of these holds must hold the same account locks, so
             # what we read now stays true until we commit. (Read in the locking statement, the
@@ -434,6 +438,13 @@ class Ledger:
 
     def _reading(self, *, snapshot: bool = False):
         return read_transaction(self.engine, snapshot=snapshot)
+
+
+def check_commands(commands: Sequence[TransferCommand]) -> None:
+    """Raise TypeError unless every item is a TransferCommand (its fields are the engine's to judge)."""
+    for command in commands:
+        if not isinstance(command, TransferCommand):
+            raise TypeError(f"expected TransferCommand, got {type(command).__name__}")
 
 
 def _undo_effect(balance: list[int], transfer: Transfer, account_id: UUID) -> None:

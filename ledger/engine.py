@@ -115,12 +115,12 @@ class BatchEngine:
         index = 0
         while index < count:
             command = commands[index]
-            if not command.linked:
+            if command.linked is not True:  # only a real True links: a malformed value fails alone
                 results.append(self._apply_one(command, None))
                 index += 1
                 continue
             end = index
-            while end < count and commands[end].linked:
+            while end < count and commands[end].linked is True:
                 end += 1
             if end == count:
                 # The batch ends inside a chain: the chain has no last event, so none of it runs.
@@ -154,13 +154,13 @@ class BatchEngine:
         del self.new_transfers[undo.new_count:]
 
     def _apply_one(self, command: TransferCommand, undo: _Undo | None) -> TransferResult:
+        if not well_formed(command):
+            return TransferResult(ResultCode.INVALID_AMOUNT if _amount_malformed(command) else ResultCode.INVALID_COMMAND)
         existing = self.known.get(command.id)
         if existing is not None:
             if _same_fields(command, existing):
                 return TransferResult(ResultCode.OK, existing, replayed=True)
             return TransferResult(ResultCode.EXISTS_WITH_DIFFERENT_FIELDS, existing)
-        if command.user_data is not None and len(command.user_data) > USER_DATA_LENGTH_MAX:
-            return TransferResult(ResultCode.INVALID_COMMAND)
         kind = command.kind
         if kind is _POSTED or kind is _PENDING:
             code = self._check_new(command)
@@ -348,6 +348,39 @@ def _same_fields(command: TransferCommand, stored: Transfer) -> bool:
             and command.credit_account_id in (None, stored.credit_account_id)
             and command.currency in (None, stored.currency)
             and (command.kind is not _POST or wanted_amount == stored.amount_minor))
+
+
+def well_formed(command: TransferCommand) -> bool:
+    """Whether every field has a type the ledger can store, and ``user_data`` is text both
+    databases can hold: at most USER_DATA_LENGTH_MAX characters, UTF-8, no NUL (PostgreSQL
+    refuses it). Checked before anything hashes or stores the command, so that a malformed command
+    fails alone instead of failing the database statement every other command of its batch shares."""
+    if (not isinstance(command.id, UUID) or type(command.kind) is not TransferKind or type(command.linked) is not bool
+            or not _optional(command.debit_account_id, UUID) or not _optional(command.credit_account_id, UUID)
+            or not _optional(command.pending_id, UUID) or not _optional(command.currency, str)
+            or _amount_malformed(command)
+            or (command.timeout_s is not None and type(command.timeout_s) is not int)):
+        return False
+    user_data = command.user_data
+    if user_data is None:
+        return True
+    if type(user_data) is not str or len(user_data) > USER_DATA_LENGTH_MAX or "\x00" in user_data:
+        return False
+    if user_data.isascii():
+        return True
+    try:
+        user_data.encode()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+        return False
+    return True
+
+
+def _optional(value, kind: type) -> bool:
+    return value is None or isinstance(value, kind)
+
+
+def _amount_malformed(command: TransferCommand) -> bool:
+    return command.amount_minor is not None and type(command.amount_minor) is not int
 
 
 def accounts_needed(commands: Iterable[TransferCommand], known: dict[UUID, Transfer]) -> set[UUID]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 
 import pytest
 import sqlalchemy as sa
@@ -157,6 +158,59 @@ async def test_concurrent_callers_each_get_their_own_result_in_fewer_batches_tha
     assert (await ledger.get_account(source)).balances.debits_posted == sum(range(1, 201))
     assert await stored_count(ledger) == 200
     await assert_invariants(ledger)
+
+
+@pytest.mark.parametrize("user_data", ["order\x00 8841", "order \ud800"], ids=["nul", "lone-surrogate"])
+async def test_user_data_the_database_cannot_store_fails_its_own_transfer_and_the_batch_commits(ledger, user_data):
+    """Text with a NUL (PostgreSQL refuses it) or a lone surrogate (no UTF-8 form) must be refused
+    as that command's result: as a database error it would fail every caller sharing the batch."""
+    [source] = await open_accounts(ledger, 1, kind="funding")
+    wallets = await open_accounts(ledger, 20)
+    good = [TransferCommand.posted(uuid7(), source, wallet, 10, "CNY") for wallet in wallets]
+    bad = TransferCommand.posted(uuid7(), source, wallets[0], 10, "CNY", user_data=user_data)
+
+    async with Batcher(ledger) as batcher:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(c) for c in [*good[:10], bad, *good[10:]])), WAIT_S)
+
+    assert results[10].code == ResultCode.INVALID_COMMAND and results[10].transfer is None
+    assert all(result.ok for result in results[:10] + results[11:])
+    assert await stored_count(ledger) == 20
+    await assert_invariants(ledger)
+
+
+@pytest.mark.parametrize("field, value, code", [
+    ("id", "not-a-uuid", ResultCode.INVALID_COMMAND), ("debit_account_id", ["unhashable"], ResultCode.INVALID_COMMAND),
+    ("credit_account_id", str(uuid7()), ResultCode.INVALID_COMMAND), ("amount_minor", 1.5, ResultCode.INVALID_AMOUNT),
+    ("linked", "yes", ResultCode.INVALID_COMMAND), ("kind", "posted", ResultCode.INVALID_COMMAND),
+    ("user_data", b"bytes", ResultCode.INVALID_COMMAND), ("currency", 156, ResultCode.INVALID_COMMAND),
+    ("timeout_s", "60", ResultCode.INVALID_COMMAND), ("pending_id", {}, ResultCode.INVALID_COMMAND),
+])
+async def test_a_command_with_a_field_of_the_wrong_type_fails_alone_and_its_batch_commits(ledger, field, value, code):
+    [source] = await open_accounts(ledger, 1, kind="funding")
+    wallets = await open_accounts(ledger, 5)
+    good = [TransferCommand.posted(uuid7(), source, wallet, 10, "CNY") for wallet in wallets]
+    bad = dataclasses.replace(good[0], **{"id": uuid7(), **{field: value}})
+
+    async with Batcher(ledger) as batcher:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.submit(c) for c in [good[0], good[1], bad, *good[2:]])), WAIT_S)
+
+    assert results[2].code == code and results[2].transfer is None
+    assert all(result.ok for result in results[:2] + results[3:])
+    assert await stored_count(ledger) == 5
+    await assert_invariants(ledger)
+
+
+async def test_an_object_that_is_no_transfer_command_is_refused_to_its_caller_with_type_error(ledger):
+    [source, wallet] = await open_accounts(ledger, 2)
+    async with Batcher(ledger) as batcher:
+        with pytest.raises(TypeError, match="expected TransferCommand, got dict"):
+            await batcher.submit_many([TransferCommand.posted(uuid7(), source, wallet, 1, "CNY"), {"id": 1}])
+        assert batcher.queued == 0
+    with pytest.raises(TypeError, match="expected TransferCommand"):
+        await ledger.submit([None])
+    assert await stored_count(ledger) == 0
 
 
 @BACKENDS_AND_WRITERS
