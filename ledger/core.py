@@ -29,7 +29,7 @@ from ledger.audit import (
     verify_audit,
 )
 from ledger.db import create_engine, read_transaction
-from ledger.engine import BatchEngine, accounts_needed, well_formed
+from ledger.engine import BatchEngine, accounts_needed, storable_text, well_formed
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
@@ -150,11 +150,17 @@ class Ledger:
         All new rows go in with one multi-row insert."""
         known_currencies = await self.currencies()
         results: list[AccountResult] = []
+        for spec in specs:
+            if not isinstance(spec, AccountSpec):
+                raise TypeError(f"expected AccountSpec, got {type(spec).__name__}")
         async with self.engine.begin() as conn:
-            existing = await self._accounts_by_id(conn, [spec.id for spec in specs])
+            existing = await self._accounts_by_id(conn, [spec.id for spec in specs if _spec_well_formed(spec)])
             created_at_us = self.clock()
             rows: list[dict] = []
             for spec in specs:
+                if not _spec_well_formed(spec):
+                    results.append(AccountResult(AccountResultCode.INVALID_ACCOUNT))
+                    continue
                 results.append(self._new_account(spec, existing, known_currencies, created_at_us, rows))
             if rows:
                 await conn.execute(accounts.insert(), rows)
@@ -168,9 +174,6 @@ class Ledger:
             same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == \
                 (spec.currency, spec.kind, spec.owner_ref, AccountFlags(spec.flags), spec.limits)
             return AccountResult(AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found)
-        if not 1 <= len(spec.kind) <= ACCOUNT_KIND_LENGTH_MAX or (
-                spec.owner_ref is not None and len(spec.owner_ref) > OWNER_REF_LENGTH_MAX):
-            return AccountResult(AccountResultCode.INVALID_ACCOUNT)
         if spec.currency not in known_currencies:
             return AccountResult(AccountResultCode.CURRENCY_NOT_FOUND)
         flags = AccountFlags(spec.flags)
@@ -438,6 +441,19 @@ class Ledger:
 
     def _reading(self, *, snapshot: bool = False):
         return read_transaction(self.engine, snapshot=snapshot)
+
+
+_KNOWN_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
+
+
+def _spec_well_formed(spec: AccountSpec) -> bool:
+    """Whether every field of an account spec has a type and size the accounts table stores, so
+    that a malformed spec is answered invalid_account instead of failing its whole call."""
+    return (isinstance(spec.id, UUID) and type(spec.currency) is str and isinstance(spec.limits, Limits)
+            and isinstance(spec.flags, int) and not isinstance(spec.flags, bool) and 0 <= spec.flags
+            and not spec.flags & ~_KNOWN_FLAGS
+            and bool(spec.kind) and storable_text(spec.kind, ACCOUNT_KIND_LENGTH_MAX)
+            and (spec.owner_ref is None or storable_text(spec.owner_ref, OWNER_REF_LENGTH_MAX)))
 
 
 def check_commands(commands: Sequence[TransferCommand]) -> None:

@@ -361,16 +361,19 @@ def well_formed(command: TransferCommand) -> bool:
             or _amount_malformed(command)
             or (command.timeout_s is not None and type(command.timeout_s) is not int)):
         return False
-    user_data = command.user_data
-    if user_data is None:
-        return True
-    if type(user_data) is not str or len(user_data) > USER_DATA_LENGTH_MAX or "\x00" in user_data:
+    return command.user_data is None or storable_text(command.user_data, USER_DATA_LENGTH_MAX)
+
+
+def storable_text(value: object, length_max: int) -> bool:
+    """A str of at most ``length_max`` characters that both databases store as given: UTF-8
+    encodable (no lone surrogate) and without NUL, which PostgreSQL refuses."""
+    if type(value) is not str or len(value) > length_max or "\x00" in value:
         return False
-    if user_data.isascii():
+    if value.isascii():
         return True
     try:
-        user_data.encode()
-    except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+        value.encode()
+    except UnicodeEncodeError:
         return False
     return True
 

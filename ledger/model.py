@@ -57,10 +57,10 @@ class Limits:
 
     def problems(self) -> list[str]:
         return [
-            f"{name} must be a non-negative integer or None"
+            f"{name} must be None or an integer from 0 to 2**63 - 1"
             for name in ("balance_cap_minor", "transfer_cap_minor", "daily_debit_cap_minor", "annual_debit_cap_minor")
             if (value := getattr(self, name)) is not None
-            and (isinstance(value, bool) or not isinstance(value, int) or value < 0)
+            and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1)
         ]
 
 

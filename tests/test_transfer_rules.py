@@ -7,6 +7,7 @@ audit chain verifies. Amounts are minor units (fen).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
@@ -1115,3 +1116,29 @@ async def test_statement_of_an_unknown_account_is_empty_and_the_limit_is_bounded
     for limit in (0, STATEMENT_PAGE_MAX + 1):
         with pytest.raises(ValueError, match=f"between 1 and {STATEMENT_PAGE_MAX}"):
             await ledger.statement(books.wallet, limit=limit)
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "wallet\x00"}, {"kind": ""}, {"owner_ref": "cust \ud800"}, {"owner_ref": b"bytes"}, {"owner_ref": "r" * 129},
+    {"id": "not-a-uuid"}, {"id": ["unhashable"]}, {"currency": ["CNY"]}, {"flags": 4}, {"flags": "1"},
+    {"limits": "none"},
+], ids=lambda change: next(iter(change)))
+async def test_a_malformed_account_spec_is_refused_alone_and_the_rest_of_its_call_is_created(ledger, change):
+    good = AccountSpec(uuid7(), "CNY", "wallet", owner_ref="cust-1")
+    bad = dataclasses.replace(AccountSpec(uuid7(), "CNY", "wallet"), **change)
+
+    first, refused, last = await ledger.create_accounts([good, bad, dataclasses.replace(good, id=uuid7())])
+
+    assert refused.code is AccountResultCode.INVALID_ACCOUNT and refused.account is None
+    assert first.code is last.code is AccountResultCode.OK
+    assert set(await ledger.get_accounts([first.account.id, last.account.id])) == {first.account.id, last.account.id}
+
+
+async def test_a_limit_beyond_bigint_is_refused_as_invalid_limit(ledger):
+    [result] = await ledger.create_accounts([AccountSpec(uuid7(), "CNY", "wallet", limits=Limits(balance_cap_minor=2**63))])
+    assert result.code is AccountResultCode.INVALID_LIMIT
+
+
+async def test_create_accounts_raises_type_error_for_an_object_that_is_no_account_spec(ledger):
+    with pytest.raises(TypeError, match="expected AccountSpec, got str"):
+        await ledger.create_accounts(["wallet"])
