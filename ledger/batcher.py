@@ -73,6 +73,8 @@ class Batcher:
         self._writer_tasks: list[asyncio.Task] = []
         self._busy_writers = 0  # writers with a batch in flight
         self._next_expiry = 0.0
+        self._stopped: BaseException | None = None  # why a writer stopped, if one did
+        self._taken: dict[int, list[_Item]] = {}  # each busy writer's batch, until it is answered
         self.batches_committed = 0
         self.batch_sizes_max_seen = 0
 
@@ -107,6 +109,8 @@ class Batcher:
         commands = list(commands)
         if not commands:
             return []
+        if self._stopped is not None:
+            raise LedgerUnavailable(f"the ledger's writer stopped: {self._stopped!r}")
         if self._closing:
             raise LedgerShuttingDown("the ledger is shutting down and takes no new transfers")
         if len(commands) > self.batch_size_max:
@@ -127,14 +131,35 @@ class Batcher:
         self._wakeup.set()
         return await future
 
+    @property
+    def alive(self) -> bool:
+        """Started, not closing, and every writer task still running."""
+        return bool(self._writer_tasks) and not self._closing and not any(t.done() for t in self._writer_tasks)
+
     async def close(self) -> None:
-        """Refuse new work, finish every queued batch, then stop the writers."""
+        """Refuse new work, finish every queued batch, then stop the writers. A writer that had
+        already stopped on an error was reported then (and its callers failed); close still
+        returns normally."""
         self._closing = True
         self._wakeup.set()
         if self._writer_tasks:
-            await asyncio.gather(*self._writer_tasks)
+            await asyncio.gather(*self._writer_tasks, return_exceptions=True)
 
     async def _run(self, index: int) -> None:
+        try:
+            await self._serve(index)
+        except BaseException as error:
+            # A bug or a cancellation stopped this writer: nobody may wait on it forever, and no
+            # new work may queue behind it. /readyz reads ``alive``.
+            self._stopped = error
+            self._closing = True
+            log.error("batcher writer %d stopped: %r; failing %d queued transfers", index, error, self._queued)
+            stranded, self._queue = [*self._taken.pop(index, ()), *self._queue], deque()
+            self._queued = 0
+            self._fail(stranded, LedgerUnavailable(f"the ledger's writer stopped: {error!r}"))
+            raise
+
+    async def _serve(self, index: int) -> None:
         while True:
             if not self._queue:
                 if self._closing:
@@ -146,10 +171,12 @@ class Batcher:
             items = self._take_batch()
             if items:
                 self._busy_writers += 1
+                self._taken[index] = items
                 try:
                     await self._commit(items, runs_expiry=index == 0)
                 finally:
                     self._busy_writers -= 1
+                del self._taken[index]  # answered; on an exception _run fails them instead
 
     async def _linger(self) -> None:
         """Let callers that are about to hand in work join this batch: yield to the event loop

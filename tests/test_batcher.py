@@ -518,3 +518,37 @@ async def test_batcher_keeps_serving_and_expiring_after_a_database_error_during_
         with contextlib.suppress(Exception):
             await asyncio.wait_for(batcher.close(), 1)
     await assert_invariants(ledger)
+
+
+@BACKENDS_AND_WRITERS
+async def test_a_writer_that_stops_on_a_bug_fails_its_waiting_callers_and_refuses_new_work(ledger, writers, monkeypatch):
+    """Nobody may wait forever on a dead writer, and /readyz must be able to tell (``alive``)."""
+    [source, wallet] = await open_accounts(ledger, 2)
+    batcher = Batcher(ledger, writers=writers)
+    calls = 0
+    real_commit = batcher._commit
+
+    async def commit_with_a_bug(items, **options):
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("a bug in the writer")
+        await real_commit(items, **options)
+
+    monkeypatch.setattr(batcher, "_commit", commit_with_a_bug)
+    batcher.start()
+    assert batcher.alive
+    first = await asyncio.wait_for(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY")), WAIT_S)
+    assert first.ok
+
+    outcomes = await asyncio.wait_for(asyncio.gather(
+        *(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY")) for _ in range(5)),
+        return_exceptions=True), WAIT_S)
+
+    assert outcomes and all(isinstance(o, LedgerUnavailable) and "a bug in the writer" in str(o) for o in outcomes)
+    assert not batcher.alive
+    with pytest.raises(LedgerUnavailable, match="writer stopped"):
+        await batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY"))
+    await asyncio.wait_for(batcher.close(), WAIT_S)  # returns: the stop was reported already
+    assert await stored_count(ledger) == 1
+    await assert_invariants(ledger)
