@@ -153,15 +153,14 @@ class Ledger:
         for spec in specs:
             if not isinstance(spec, AccountSpec):
                 raise TypeError(f"expected AccountSpec, got {type(spec).__name__}")
+        well_formed_specs = [_spec_well_formed(spec) for spec in specs]
         async with self.engine.begin() as conn:
-            existing = await self._accounts_by_id(conn, [spec.id for spec in specs if _spec_well_formed(spec)])
+            existing = await self._accounts_by_id(conn, [spec.id for spec, ok in zip(specs, well_formed_specs) if ok])
             created_at_us = self.clock()
             rows: list[dict] = []
-            for spec in specs:
-                if not _spec_well_formed(spec):
-                    results.append(AccountResult(AccountResultCode.INVALID_ACCOUNT))
-                    continue
-                results.append(self._new_account(spec, existing, known_currencies, created_at_us, rows))
+            for spec, ok in zip(specs, well_formed_specs):
+                results.append(self._new_account(spec, existing, known_currencies, created_at_us, rows) if ok
+                               else AccountResult(AccountResultCode.INVALID_ACCOUNT))
             if rows:
                 await conn.execute(accounts.insert(), rows)
         return results
