@@ -8,6 +8,7 @@ transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its 
 
 from __future__ import annotations
 
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,6 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 # A read-only transaction on SQLite opts out of BEGIN IMMEDIATE with this execution option.
@@ -23,6 +25,8 @@ READ_ONLY = {"ledger_read_only": True}
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_POOL_SIZE = 10
 POSTGRES_POOL_OVERFLOW_MAX = 20
+# A pooled PostgreSQL connection idle this long is pinged before use.
+PING_IDLE_AFTER_S = 1.0
 
 
 def create_engine(url: str, **engine_options) -> AsyncEngine:
@@ -34,13 +38,34 @@ def create_engine(url: str, **engine_options) -> AsyncEngine:
     if url.startswith("postgresql"):
         engine_options.setdefault("pool_size", POSTGRES_POOL_SIZE)
         engine_options.setdefault("max_overflow", POSTGRES_POOL_OVERFLOW_MAX)
-        # No ping before each checkout: it was a round trip per batch (5% of the hot path). A
-        # dead connection renews the whole pool instead (after a restart they all are): the
-        # batch path then retries the batch on a fresh one (ledger.store.ConnectionLost), and
-        # SQLAlchemy does the same for Core reads, the one that met it failing once.
+        # No ping before every checkout: that was a round trip per batch (5% of the hot path).
+        # Only a connection that sat idle in the pool for PING_IDLE_AFTER_S is pinged (after a
+        # restart or failover those are the dead ones), and a connection that dies in use
+        # renews the whole pool: the batch path then retries the batch on a fresh one
+        # (ledger.store.ConnectionLost), and SQLAlchemy does the same for Core statements.
         engine_options.setdefault("pool_pre_ping", False)
-        return create_async_engine(url, **engine_options)
+        engine = create_async_engine(url, **engine_options)
+        _ping_idle_connections(engine)
+        return engine
     raise ValueError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def _ping_idle_connections(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(_dbapi_connection, record) -> None:
+        record.info["ledger_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection, record, _proxy) -> None:
+        # ``info`` lives as long as the DBAPI connection: a new connection has no idle mark.
+        idle_since = record.info.get("ledger_idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER_S:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            # The pool drops this connection and checks out a new one in its place.
+            raise DisconnectionError(f"an idle pooled connection was dead: {error!r}") from error
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -29,6 +29,7 @@ from ledger import (
     TransferKind,
 )
 from ledger.core import SUBMIT_ATTEMPTS_MAX
+from ledger import db as ledger_db
 from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import accounts, transfers
@@ -559,6 +560,26 @@ async def test_after_a_restart_ends_every_pooled_session_the_next_batch_and_the_
 
     assert result.ok
     assert (await ledger.get_account(merchant)).balances.credits_posted == 150
+    await assert_invariants(ledger)
+
+
+async def test_after_a_restart_a_read_on_connections_idle_in_the_pool_succeeds_at_once(instances, monkeypatch):
+    """Idle pooled connections are pinged before use (after PING_IDLE_AFTER_S; 0 here), so the
+    first read after every pooled session was ended needs no failed attempt."""
+    monkeypatch.setattr(ledger_db, "PING_IDLE_AFTER_S", 0.0)
+    ledger = instances(pool_size=4, max_overflow=0)
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    await fund(ledger, source, merchant, 100)
+    held = [await ledger.engine.connect() for _ in range(4)]
+    pids = [(await conn.get_raw_connection()).driver_connection.get_server_pid() for conn in held]
+    for conn in held:
+        await conn.close()
+    other = instances()
+    for pid in pids:
+        await terminate(other, pid)
+
+    for _ in range(4):  # every pooled connection in turn
+        assert (await ledger.get_account(merchant)).balances.credits_posted == 100
     await assert_invariants(ledger)
 
 
