@@ -209,15 +209,29 @@ async def test_deleting_a_transfer_is_reported_at_its_block(own_ledger, clock):
     assert (report.ok, report.first_bad_block) == (False, 2)
 
 
-async def test_a_transfer_inserted_after_the_last_block_is_reported(own_ledger, clock):
+@pytest.mark.parametrize("seq", [9, 0, -5], ids=["after-the-last-block", "zero", "negative"])
+async def test_a_transfer_inserted_outside_every_block_is_reported(own_ledger, clock, seq):
+    """A row no block holds was never sealed, wherever its seq puts it: before the first block it
+    would otherwise be invisible to the chain walk yet still resolve a hold or answer a replay."""
     await write_history(own_ledger, clock)
     async with own_ledger.engine.begin() as conn:
         row = (await conn.execute(sa.select(transfers).where(transfers.c.seq == 1))).one()._asdict()
-        row.update(seq=9, id=uuid7())
+        row.update(seq=seq, id=uuid7())
         await conn.execute(transfers.insert().values(**row))
     report = await own_ledger.verify_audit()
     assert not report.ok
-    assert any("1 transfers lie beyond the last sealed block" in problem for problem in report.problems)
+    assert any("1 transfers lie outside every sealed block" in problem for problem in report.problems)
+
+
+async def test_a_journal_head_that_disagrees_with_the_chains_last_transfer_is_reported(own_ledger, clock):
+    """Raising the head's last transfer seq would let a forged row just past the last block look
+    sealed until the next batch; the head must name the chain's own last transfer."""
+    await write_history(own_ledger, clock)
+    head = await own_ledger.audit_head()
+    await execute(own_ledger.engine, journal_head.update().values(last_transfer_seq=head.last_transfer_seq + 1))
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert any(f"the chain's is {head.last_transfer_seq}" in problem for problem in report.problems)
 
 
 async def test_a_forged_signature_is_reported(own_ledger, clock):
