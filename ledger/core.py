@@ -33,10 +33,11 @@ from ledger.engine import BatchEngine, accounts_needed, storable_text, well_form
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
+    ResultCode,
     LedgerUnavailable,
     UnknownCurrency,
 )
-from ledger.ids import derived_id, now_us
+from ledger.ids import now_us, uuid7
 from ledger.model import (
     Account,
     AccountFlags,
@@ -67,7 +68,12 @@ STATEMENT_PAGE_MAX = 500
 STATEMENT_PAGE_DEFAULT = 50
 ACCOUNT_KIND_LENGTH_MAX = 32  # the columns' sizes in ledger.schema
 OWNER_REF_LENGTH_MAX = 128
-_EXPIRY_NAMESPACE = b"ledger/expire-pending/"
+# Expiry answers meaning the hold is resolved already, or was never a hold: its due row is dropped.
+_NEVER_EXPIRES = frozenset({
+    ResultCode.PENDING_TRANSFER_NOT_FOUND, ResultCode.PENDING_TRANSFER_NOT_PENDING,
+    ResultCode.PENDING_TRANSFER_ALREADY_POSTED, ResultCode.PENDING_TRANSFER_ALREADY_VOIDED,
+    ResultCode.PENDING_TRANSFER_EXPIRED,
+})
 
 
 @dataclass(slots=True)
@@ -326,8 +332,12 @@ class Ledger:
     async def expire_pending(self, *, limit: int = EXPIRY_BATCH_MAX) -> int:
         """Void pending transfers whose timeout has passed; their funds return to the source.
 
-        Each expiry is stored as an ``expire_pending`` transfer with an id derived from the pending
-        one, so two processes expiring the same hold store it once. Returns how many expired.
+        Each expiry is an ``expire_pending`` transfer with a fresh id. (An id derived from the hold
+        was tried: anyone could compute it and store a transfer under it first, and the hold would
+        then never expire.) Two processes expiring the same hold store one expiry: the hold's
+        accounts are locked and a hold is resolved at most once. A due row whose hold can never
+        expire (already resolved, or no hold at all) is dropped, so that it cannot stand at the
+        front of the sweep's earliest-first page forever. Returns how many expired.
         """
         now = self.clock()
         async with self._reading() as conn:
@@ -336,10 +346,16 @@ class Ledger:
                 .order_by(pending_timeouts.c.expires_at_us).limit(min(limit, BATCH_SIZE_MAX)))).scalars().all()
         if not due:
             return 0
-        commands = [TransferCommand(derived_id(_EXPIRY_NAMESPACE, pending_id), TransferKind.EXPIRE_PENDING,
-                                    pending_id=pending_id) for pending_id in due]
+        commands = [TransferCommand(uuid7(), TransferKind.EXPIRE_PENDING, pending_id=pending_id) for pending_id in due]
         results = await self.submit(commands)
-        return sum(1 for result in results if result.ok and not result.replayed)
+        stuck = {pending_id: result.code for pending_id, result in zip(due, results)
+                 if result.code in _NEVER_EXPIRES}
+        if stuck:
+            log.warning("dropping %d due holds that cannot expire: %s", len(stuck),
+                        ", ".join(f"{pending_id} ({code})" for pending_id, code in list(stuck.items())[:10]))
+            async with self.engine.begin() as conn:
+                await conn.execute(pending_timeouts.delete().where(pending_timeouts.c.transfer_id.in_(list(stuck))))
+        return sum(1 for result in results if result.ok)
 
     async def get_transfer(self, transfer_id: UUID) -> Transfer | None:
         async with self._reading() as conn:

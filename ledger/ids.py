@@ -7,7 +7,6 @@ with an empty pool of its own (see ``_forget_random_pool``).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -53,12 +52,3 @@ def uuid7() -> UUID:
     random = int.from_bytes(_random_bytes10(), "big")
     value = (millis << 80) | (0x7 << 76) | ((random >> 62) & 0xFFF) << 64 | (0b10 << 62) | (random & ((1 << 62) - 1))
     return UUID(int=value)
-
-
-def derived_id(namespace: bytes, source: UUID) -> UUID:
-    """A stable id computed from another (e.g. the expiry of a pending transfer), so that writing
-    it twice is caught by idempotency instead of making two rows."""
-    digest = bytearray(hashlib.sha256(namespace + source.bytes).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x80  # version 8: custom
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 9562 variant
-    return UUID(bytes=bytes(digest))

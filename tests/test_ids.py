@@ -1,4 +1,4 @@
-"""Ids: UUIDv7 layout and order, derived ids, and no repeats across a fork."""
+"""Ids: UUIDv7 layout and order, and no repeats across a fork."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import time
 from uuid import UUID
 
-from ledger.ids import derived_id, uuid7
+from ledger.ids import uuid7
 
 
 def test_uuid7_has_version_7_the_rfc_variant_and_the_current_millisecond():
@@ -44,10 +44,3 @@ def test_a_forked_child_draws_other_random_bits_than_its_parent():
     assert len(child) == 500
     # Compared without the time bits: inherited random bytes would repeat even a millisecond apart.
     assert not parent & child
-
-
-def test_derived_ids_are_stable_per_source_and_namespace():
-    source = uuid7()
-    assert derived_id(b"a/", source) == derived_id(b"a/", source)
-    assert derived_id(b"a/", source) != derived_id(b"b/", source)
-    assert derived_id(b"a/", source).version == 8

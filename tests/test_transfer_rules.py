@@ -8,12 +8,14 @@ audit chain verifies. Amounts are minor units (fen).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 
 from ledger import (
     AccountFlags,
@@ -33,6 +35,7 @@ from ledger.core import BATCH_SIZE_MAX, STATEMENT_PAGE_MAX
 from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.errors import UnknownCurrency
 from ledger.ids import uuid7
+from ledger.schema import pending_timeouts
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
@@ -622,6 +625,48 @@ async def test_expiry_releases_a_hold_on_a_frozen_account(ledger, books, clock):
     clock.advance(seconds=61)
     assert await ledger.expire_pending() == 1
     assert await balances(ledger, books.wallet) == Balances(credits_posted=WALLET_FUNDS)
+
+
+async def test_a_transfer_stored_under_the_id_an_expiry_would_once_have_had_cannot_stop_the_expiry(
+        ledger, books, clock):
+    """Expiries used an id derived from the hold, which anyone could compute and take first: the
+    expiry was then answered exists_with_different_fields and the hold never expired. Expiry ids
+    are fresh now; the old derivation is restated here to show that taking it changes nothing."""
+    pending_id = uuid7()
+    await submit_one(ledger, Pending(pending_id, books.wallet, books.merchant, 600, "CNY", timeout_s=10))
+    digest = bytearray(hashlib.sha256(b"ledger/expire-pending/" + pending_id.bytes).digest()[:16])
+    digest[6], digest[8] = (digest[6] & 0x0F) | 0x80, (digest[8] & 0x3F) | 0x80
+    squatted = await submit_one(ledger, Posted(UUID(bytes=bytes(digest)), books.wallet, books.merchant, 1, "CNY"))
+    assert squatted.ok
+    clock.advance(seconds=11)
+    assert await ledger.expire_pending() == 1
+    assert await ledger.pending_status(pending_id) is TransferKind.EXPIRE_PENDING
+
+
+async def test_due_rows_whose_hold_can_never_expire_are_dropped_and_do_not_block_the_holds_behind_them(
+        ledger, books, clock):
+    """The sweep reads the earliest due rows first. A row for a transfer that is no hold, or for a
+    hold already resolved, is dropped when the sweep meets it, so it cannot hold the front of the
+    page forever (here a page of one stands for the batcher's page of a thousand)."""
+    posted = await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 5, "CNY"))
+    voided = uuid7()
+    await submit_one(ledger, Pending(voided, books.wallet, books.merchant, 7, "CNY", timeout_s=5))
+    await submit_one(ledger, Void(uuid7(), voided))
+    real = uuid7()
+    await submit_one(ledger, Pending(real, books.wallet, books.merchant, 600, "CNY", timeout_s=30))
+    early = clock.now_us + 1_000_000
+    async with ledger.engine.begin() as conn:  # rows no batch would leave behind
+        await conn.execute(pending_timeouts.insert(), [
+            dict(transfer_id=uuid7(), expires_at_us=early), dict(transfer_id=posted.transfer.id, expires_at_us=early),
+            dict(transfer_id=voided, expires_at_us=early)])
+    clock.advance(seconds=31)
+
+    swept = [await ledger.expire_pending(limit=1) for _ in range(4)]
+
+    assert swept == [0, 0, 0, 1]
+    assert await ledger.pending_status(real) is TransferKind.EXPIRE_PENDING
+    async with ledger.engine.connect() as conn:
+        assert (await conn.execute(sa.select(sa.func.count()).select_from(pending_timeouts))).scalar_one() == 0
 
 
 # -- idempotency --------------------------------------------------------------------------------
