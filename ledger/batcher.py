@@ -242,9 +242,10 @@ class Batcher:
         except LedgerError as error:
             self._fail(items, error)
             return
-        except Exception as error:  # a bug or a lost connection: nobody may wait forever
+        except Exception as error:  # a bug: nobody may wait forever
             log.exception("batch of %d commands failed", len(commands))
-            self._fail(items, LedgerUnavailable(f"the batch was not committed: {error!r}"))
+            self._fail(items, LedgerUnavailable(
+                f"the batch failed ({error!r}); resubmit the same ids to learn each outcome"))
             return
         self.batches_committed += 1
         self.batch_sizes_max_seen = max(self.batch_sizes_max_seen, len(commands))

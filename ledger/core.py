@@ -33,6 +33,7 @@ from ledger.engine import BatchEngine, accounts_needed, storable_text, well_form
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
+    LedgerOutcomeUnknown,
     ResultCode,
     LedgerUnavailable,
     UnknownCurrency,
@@ -253,7 +254,9 @@ class Ledger:
 
         When this returns, every ``ok`` result is committed and durable. On a database error that
         is safe to retry the whole batch is retried from scratch (it committed nothing); if it
-        still fails, :class:`LedgerUnavailable` is raised and nothing in the batch happened.
+        still fails, :class:`LedgerUnavailable` is raised and nothing in the batch happened, or
+        :class:`LedgerOutcomeUnknown` if a connection died while a COMMIT was in flight and no
+        retry got through to tell (resubmit the same ids to learn each outcome).
         """
         commands = list(commands)
         if not commands:
@@ -264,6 +267,7 @@ class Ledger:
         # Malformed commands are answered by the engine (invalid_command) and kept out of every
         # id and account set the batch reads and locks.
         usable = [command for command in commands if well_formed(command)]
+        commit_may_have_landed = False
         for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
             try:
                 return await self._submit_once(commands, usable)
@@ -274,14 +278,15 @@ class Ledger:
                 failure = self._store.classify(error)
                 if failure is None:
                     raise
+                commit_may_have_landed |= getattr(error, "commit_sent", False)
                 if not failure.retryable:
                     if failure.integrity:
                         raise InvariantViolation(f"the database refused a batch the rules accepted: {error}") from error
-                    raise LedgerUnavailable(f"the batch was not committed: {error}") from error
+                    raise _unavailable(str(error), commit_may_have_landed) from error
                 self._note_retry(failure.reason)
             if attempt < SUBMIT_ATTEMPTS_MAX:
                 await asyncio.sleep(RETRY_BACKOFF_BASE_S * attempt * (1 + random.random()))
-        raise LedgerUnavailable(f"the batch was not committed after {SUBMIT_ATTEMPTS_MAX} attempts")
+        raise _unavailable(f"{SUBMIT_ATTEMPTS_MAX} attempts failed", commit_may_have_landed)
 
     def _note_retry(self, reason: str) -> None:
         self.stats.retries += 1
@@ -469,6 +474,14 @@ def _spec_well_formed(spec: AccountSpec) -> bool:
             and not spec.flags & ~_KNOWN_FLAGS
             and bool(spec.kind) and storable_text(spec.kind, ACCOUNT_KIND_LENGTH_MAX)
             and (spec.owner_ref is None or storable_text(spec.owner_ref, OWNER_REF_LENGTH_MAX)))
+
+
+def _unavailable(reason: str, commit_may_have_landed: bool) -> LedgerUnavailable:
+    if commit_may_have_landed:
+        return LedgerOutcomeUnknown(
+            f"the batch may or may not be committed (a connection died during its COMMIT, then {reason}); "
+            "resubmit the same ids to learn each outcome")
+    return LedgerUnavailable(f"the batch was not committed: {reason}")
 
 
 def check_commands(commands: Sequence[TransferCommand]) -> None:

@@ -113,6 +113,14 @@ class LedgerUnavailable(LedgerError):
     code = "unavailable"
 
 
+class LedgerOutcomeUnknown(LedgerUnavailable):
+    """The connection died while the batch's COMMIT was in flight and no retry could reach the
+    database to find out: the batch may be committed or not. Resubmit the same ids: each is then
+    answered from the stored transfer (``replayed``) or applied once. Never pay again under a new id."""
+
+    code = "outcome_unknown"
+
+
 class InvariantViolation(LedgerError):
     """A rule that must always hold was found broken. This is a bug, never a business outcome."""
 

@@ -44,7 +44,12 @@ _RESOLUTION_KINDS = (int(TransferKind.POST_PENDING), int(TransferKind.VOID_PENDI
 class ConnectionLost(Exception):
     """The connection died under a batch. Retrying the whole batch on a new connection is safe
     even if its COMMIT had reached the server: the retry finds its transfer ids stored and
-    answers them as replays, so nothing is applied twice."""
+    answers them as replays, so nothing is applied twice. ``commit_sent``: it died while the
+    COMMIT was in flight, so until a retry gets through the batch may be committed."""
+
+    def __init__(self, message: str, *, commit_sent: bool = False) -> None:
+        super().__init__(message)
+        self.commit_sent = commit_sent
 
 
 # Class 08 (connection exception) arrives as asyncpg.PostgresConnectionError; these are the server
@@ -187,9 +192,11 @@ class PostgresBatchStore(BatchStore):
         # out of the pool, and the batch is retried on a fresh one (see ConnectionLost).
         async with engine.connect() as conn:
             driver = (await conn.get_raw_connection()).driver_connection
+            commit_sent = False
             try:
                 async with driver.transaction():
                     yield driver
+                    commit_sent = True  # leaving the block sends COMMIT
             except Exception as error:
                 if driver.is_closed() or _connection_lost(error):
                     await conn.invalidate()
@@ -198,7 +205,8 @@ class PostgresBatchStore(BatchStore):
                     # disconnect. Meeting the dead ones one retry at a time would use up the
                     # batch's attempts; a test proves the next batch and read succeed.
                     await engine.dispose()
-                    raise ConnectionLost(f"the database connection was lost: {error!r}") from error
+                    raise ConnectionLost(f"the database connection was lost: {error!r}",
+                                         commit_sent=commit_sent) from error
                 raise
 
     async def load_transfers(self, driver, ids):

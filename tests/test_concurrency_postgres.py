@@ -23,6 +23,7 @@ from ledger import (
     AccountSpec,
     Batcher,
     Ledger,
+    LedgerOutcomeUnknown,
     LedgerUnavailable,
     ResultCode,
     TransferCommand,
@@ -580,6 +581,83 @@ async def test_after_a_restart_a_read_on_connections_idle_in_the_pool_succeeds_a
 
     for _ in range(4):  # every pooled connection in turn
         assert (await ledger.get_account(merchant)).balances.credits_posted == 100
+    await assert_invariants(ledger)
+
+
+async def test_a_commit_whose_acknowledgement_is_lost_while_the_database_stays_away_is_reported_unknown(
+        instances, monkeypatch):
+    """The COMMIT reaches the server, the connection dies before its answer, and the retry cannot
+    reconnect: the batch is committed, so the caller must hear "outcome unknown, resubmit the same
+    ids", never "not committed" (a caller believing that might pay again under a new id)."""
+    import asyncpg
+
+    ledger = instances()
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    real_commit = asyncpg.transaction.Transaction._Transaction__commit
+    real_connect = asyncpg.connect
+    state = {"lose_ack": True, "refuse": False}
+
+    async def commit_then_lose_the_answer(self):
+        await real_commit(self)
+        if state["lose_ack"]:
+            state.update(lose_ack=False, refuse=True)
+            raise ConnectionResetError("connection reset by peer")
+
+    async def connect_unless_refused(*args, **kwargs):
+        if state["refuse"]:
+            raise ConnectionRefusedError(111, "Connection refused (the server is restarting)")
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "_Transaction__commit", commit_then_lose_the_answer)
+    monkeypatch.setattr(asyncpg, "connect", connect_unless_refused)
+    command = TransferCommand.posted(uuid7(), source, merchant, 100, "CNY")
+
+    with pytest.raises(LedgerOutcomeUnknown, match="resubmit the same ids"):
+        await ledger.submit([command])
+
+    state["refuse"] = False  # the database is back: the same id tells the outcome
+    [again] = await ledger.submit([command])
+    assert again.ok and again.replayed and again.transfer.amount_minor == 100
+    assert (await ledger.get_account(merchant)).balances.credits_posted == 100
+    await assert_invariants(ledger)
+
+
+async def test_a_connection_lost_before_the_commit_and_a_database_that_stays_away_is_reported_not_committed(
+        instances, monkeypatch):
+    import asyncpg
+
+    ledger, other = instances(), instances()
+    [source, merchant] = await open_accounts(ledger, 2, kind="funding")
+    store, real_lock_head = ledger._store, ledger._store.lock_head
+    real_connect = asyncpg.connect
+    refuse = []
+
+    killed = []
+
+    async def lock_head_after_losing_the_session(driver):
+        if not killed:  # the rules have run; the session ends before anything is written
+            killed.append(driver.get_server_pid())
+            await terminate(other, killed[0])
+            refuse.append(True)
+        return await real_lock_head(driver)
+
+    async def connect_unless_refused(*args, **kwargs):
+        if refuse:
+            raise ConnectionRefusedError(111, "Connection refused (the server is restarting)")
+        return await real_connect(*args, **kwargs)
+
+    monkeypatch.setattr(store, "lock_head", lock_head_after_losing_the_session)
+    monkeypatch.setattr(asyncpg, "connect", connect_unless_refused)
+    command = TransferCommand.posted(uuid7(), source, merchant, 100, "CNY")
+
+    with pytest.raises(LedgerUnavailable, match="the batch was not committed") as raised:
+        await ledger.submit([command])
+
+    assert killed and not isinstance(raised.value, LedgerOutcomeUnknown)
+    assert "connection lost" in " ".join(ledger.stats.retry_reasons)  # the retry met the refusal
+    refuse.clear()
+    monkeypatch.setattr(asyncpg, "connect", real_connect)
+    assert await ledger.get_transfer(command.id) is None
     await assert_invariants(ledger)
 
 
