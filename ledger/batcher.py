@@ -19,7 +19,14 @@ from collections import deque
 from typing import Sequence
 
 from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
-from ledger.errors import LedgerError, LedgerOverloaded, LedgerShuttingDown, LedgerUnavailable, ResultCode
+from ledger.errors import (
+    LedgerError,
+    LedgerOutcomeUnknown,
+    LedgerOverloaded,
+    LedgerShuttingDown,
+    LedgerUnavailable,
+    ResultCode,
+)
 from ledger.model import TransferCommand, TransferResult
 
 log = logging.getLogger(__name__)
@@ -154,9 +161,12 @@ class Batcher:
             self._stopped = error
             self._closing = True
             log.error("batcher writer %d stopped: %r; failing %d queued transfers", index, error, self._queued)
-            stranded, self._queue = [*self._taken.pop(index, ()), *self._queue], deque()
+            in_flight, queued, self._queue = self._taken.pop(index, []), list(self._queue), deque()
             self._queued = 0
-            self._fail(stranded, LedgerUnavailable(f"the ledger's writer stopped: {error!r}"))
+            # The batch in flight may have reached its COMMIT: its callers must resubmit to learn.
+            self._fail(in_flight, LedgerOutcomeUnknown(
+                f"the ledger's writer stopped during this batch ({error!r}); resubmit the same ids to learn each outcome"))
+            self._fail(queued, LedgerUnavailable(f"the ledger's writer stopped: {error!r}"))
             raise
 
     async def _serve(self, index: int) -> None:

@@ -9,6 +9,7 @@ differ only in how each step is best said to their database: PostgreSQL takes ar
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -306,8 +307,12 @@ class SqliteBatchStore(BatchStore):
                 yield driver
                 await driver.execute("COMMIT")
             except BaseException:
+                # The original error goes on. A cancellation may arrive while COMMIT is still queued
+                # in aiosqlite's thread and then lands: the ROLLBACK queued behind it finds no
+                # transaction, which must not replace the cancellation with a "not committed".
                 if driver.in_transaction:
-                    await driver.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        await driver.execute("ROLLBACK")
                 raise
 
     async def load_transfers(self, driver, ids):

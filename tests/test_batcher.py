@@ -20,6 +20,7 @@ from ledger import (
     AccountSpec,
     Batcher,
     Ledger,
+    LedgerOutcomeUnknown,
     LedgerOverloaded,
     LedgerShuttingDown,
     LedgerUnavailable,
@@ -551,4 +552,63 @@ async def test_a_writer_that_stops_on_a_bug_fails_its_waiting_callers_and_refuse
         await batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY"))
     await asyncio.wait_for(batcher.close(), WAIT_S)  # returns: the stop was reported already
     assert await stored_count(ledger) == 1
+    await assert_invariants(ledger)
+
+
+async def test_a_writer_cancelled_after_its_commit_tells_its_callers_the_outcome_is_unknown(ledger, monkeypatch):
+    """The batch in flight when a writer stops may be committed: its callers get
+    LedgerOutcomeUnknown (resubmit the same ids), and resubmitting answers the stored transfer."""
+    [source, wallet] = await open_accounts(ledger, 2)
+    real_submit = ledger.submit
+
+    async def submit_then_get_cancelled(commands):
+        await real_submit(commands)
+        raise asyncio.CancelledError()
+
+    batcher = Batcher(ledger)
+    batcher.start()
+    monkeypatch.setattr(ledger, "submit", submit_then_get_cancelled)
+    command = TransferCommand.posted(uuid7(), source, wallet, 5, "CNY")
+
+    with pytest.raises(LedgerOutcomeUnknown, match="resubmit the same ids"):
+        await asyncio.wait_for(batcher.submit(command), WAIT_S)
+
+    assert not batcher.alive
+    await batcher.close()
+    monkeypatch.setattr(ledger, "submit", real_submit)
+    [again] = await ledger.submit([command])
+    assert again.ok and again.replayed
+    assert await stored_count(ledger) == 1
+    await assert_invariants(ledger)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_cancellation_landing_while_sqlite_commits_stays_a_cancellation(ledger, monkeypatch):
+    """aiosqlite runs COMMIT in its thread; a cancellation arriving meanwhile used to queue a
+    ROLLBACK behind it, which then found no transaction and replaced the cancellation with a
+    "not committed" error although the batch was stored."""
+    import aiosqlite
+
+    [source, wallet] = await open_accounts(ledger, 2)
+    real_execute = aiosqlite.Connection.execute
+    armed = [True]
+
+    async def execute(self, sql, *args, **kwargs):
+        if sql == "COMMIT" and armed:
+            armed.clear()
+            asyncio.ensure_future(real_execute(self, sql, *args, **kwargs))  # COMMIT is on its way
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError()
+        return await real_execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "execute", execute)
+    command = TransferCommand.posted(uuid7(), source, wallet, 5, "CNY")
+
+    with pytest.raises(asyncio.CancelledError):
+        await ledger.submit([command])
+
+    await asyncio.sleep(0.05)  # the COMMIT finishes in aiosqlite's thread
+    assert (await ledger.get_transfer(command.id)).amount_minor == 5
+    [again] = await ledger.submit([command])
+    assert again.ok and again.replayed
     await assert_invariants(ledger)
