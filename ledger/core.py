@@ -17,6 +17,7 @@ from uuid import UUID
 
 import sqlalchemy as sa
 from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit import (
@@ -65,6 +66,8 @@ SUBMIT_ATTEMPTS_MAX = 6
 RETRY_BACKOFF_BASE_S = 0.002
 # Expired pending transfers voided per expiry pass.
 EXPIRY_BATCH_MAX = 1_000
+# An account id another process inserts between our read and our insert is read again this often.
+CREATE_ACCOUNTS_ATTEMPTS_MAX = 3
 STATEMENT_PAGE_MAX = 500
 STATEMENT_PAGE_DEFAULT = 50
 ACCOUNT_KIND_LENGTH_MAX = 32  # the columns' sizes in ledger.schema
@@ -127,15 +130,17 @@ class Ledger:
 
     # -- currencies ------------------------------------------------------------------------
 
-    async def currencies(self) -> dict[str, Currency]:
-        if self._currencies is None:
+    async def currencies(self, *, refresh: bool = False) -> dict[str, Currency]:
+        """The registered currencies, cached; ``refresh`` reads them again (another process may
+        have added one)."""
+        if self._currencies is None or refresh:
             async with self._reading() as conn:
                 rows = await conn.execute(sa.select(currencies))
                 self._currencies = {row.code: Currency(row.code, row.exponent) for row in rows}
         return self._currencies
 
     async def currency(self, code: str) -> Currency:
-        found = (await self.currencies()).get(code)
+        found = (await self.currencies()).get(code) or (await self.currencies(refresh=True)).get(code)
         if found is None:
             raise UnknownCurrency(f"unknown currency {code!r}")
         return found
@@ -155,12 +160,28 @@ class Ledger:
     async def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountResult]:
         """Open accounts idempotently: the same id with the same fields answers ``ok`` again.
         All new rows go in with one multi-row insert."""
-        known_currencies = await self.currencies()
-        results: list[AccountResult] = []
         for spec in specs:
             if not isinstance(spec, AccountSpec):
                 raise TypeError(f"expected AccountSpec, got {type(spec).__name__}")
         well_formed_specs = [_spec_well_formed(spec) for spec in specs]
+        known_currencies = await self.currencies()
+        if any(ok and spec.currency not in known_currencies for spec, ok in zip(specs, well_formed_specs)):
+            known_currencies = await self.currencies(refresh=True)  # another process may have added it
+        for attempt in range(1, CREATE_ACCOUNTS_ATTEMPTS_MAX + 1):
+            try:
+                return await self._create_accounts_once(specs, well_formed_specs, known_currencies)
+            except IntegrityError as error:
+                # Another process inserted one of these ids between our read and our insert (on
+                # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two): read them again, and
+                # answer ok or exists_with_different_fields like any other existing account.
+                if attempt == CREATE_ACCOUNTS_ATTEMPTS_MAX or not _unique_violation(error):
+                    raise
+                self._note_retry("account id inserted concurrently")
+        raise AssertionError("unreachable")
+
+    async def _create_accounts_once(self, specs: Sequence[AccountSpec], well_formed_specs: list[bool],
+                                    known_currencies: dict[str, Currency]) -> list[AccountResult]:
+        results: list[AccountResult] = []
         async with self.engine.begin() as conn:
             existing = await self._accounts_by_id(conn, [spec.id for spec, ok in zip(specs, well_formed_specs) if ok])
             created_at_us = self.clock()
@@ -482,6 +503,12 @@ def _unavailable(reason: str, commit_may_have_landed: bool) -> LedgerUnavailable
             f"the batch may or may not be committed (a connection died during its COMMIT, then {reason}); "
             "resubmit the same ids to learn each outcome")
     return LedgerUnavailable(f"the batch was not committed: {reason}")
+
+
+def _unique_violation(error: IntegrityError) -> bool:
+    """PostgreSQL's unique_violation (23505), or SQLite's UNIQUE constraint message."""
+    orig = error.orig
+    return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
 
 
 def check_commands(commands: Sequence[TransferCommand]) -> None:

@@ -7,6 +7,7 @@ audit chain verifies. Amounts are minor units (fen).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from ledger import (
 )
 from ledger.core import BATCH_SIZE_MAX, STATEMENT_PAGE_MAX
 from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
+from ledger.db import create_engine
 from ledger.errors import UnknownCurrency
 from ledger.ids import uuid7
 from ledger.schema import pending_timeouts
@@ -1187,3 +1189,34 @@ async def test_a_limit_beyond_bigint_is_refused_as_invalid_limit(ledger):
 async def test_create_accounts_raises_type_error_for_an_object_that_is_no_account_spec(ledger):
     with pytest.raises(TypeError, match="expected AccountSpec, got str"):
         await ledger.create_accounts(["wallet"])
+
+
+async def test_a_currency_another_process_added_is_known_here_without_a_restart(ledger, database_url, signing_key):
+    assert "JPY" not in await ledger.currencies()  # cached here before the other process adds it
+    other = Ledger(create_engine(database_url), signing_key)
+    try:
+        await other.add_currency(Currency("JPY", 0))
+    finally:
+        await other.close()
+    assert await ledger.currency("JPY") == Currency("JPY", 0)
+    [result] = await ledger.create_accounts([AccountSpec(uuid7(), "JPY", "wallet")])
+    assert result.code is AccountResultCode.OK
+
+
+async def test_two_processes_opening_the_same_accounts_at_once_both_answer_ok(ledger, database_url, signing_key):
+    """Each reads, finds nothing, inserts: on PostgreSQL one insert meets the other's row. That
+    call reads again and answers ok (same fields) instead of raising for all its specs."""
+    other = Ledger(create_engine(database_url), signing_key)
+    try:
+        await other.currencies()
+        for _ in range(10):
+            specs = [AccountSpec(uuid7(), "CNY", "wallet", owner_ref=f"cust-{n}") for n in range(40)]
+            first, second = await asyncio.gather(ledger.create_accounts(specs), other.create_accounts(specs))
+            assert [r.code for r in first] == [r.code for r in second] == [AccountResultCode.OK] * 40
+        clash = AccountSpec(uuid7(), "CNY", "wallet")
+        first, second = await asyncio.gather(ledger.create_accounts([clash]),
+                                             other.create_accounts([dataclasses.replace(clash, kind="merchant")]))
+        assert sorted([first[0].code, second[0].code]) == sorted(
+            [AccountResultCode.OK, AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS])
+    finally:
+        await other.close()
