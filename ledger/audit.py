@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import read_transaction
 from ledger.model import Transfer, TransferKind
-from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, transfers
+from ledger.engine import TIMEOUT_S_MAX
+from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, pending_timeouts, transfers
 
 BLOCK_DOMAIN = b"SZHK-LEDGER-BLOCK-v1"
 _HEADER = struct.Struct(">QQIq")
@@ -145,9 +146,10 @@ async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey, anchors: Sequ
     """
     report = AuditReport()
     totals: dict[UUID, list[int]] = {}
+    replay = _Replay()
     async with read_transaction(engine, snapshot=True) as conn:
         head = (await conn.execute(sa.select(journal_head))).one()
-        await _verify_blocks(conn, verify_key, report, totals, {anchor.sequence: anchor for anchor in anchors})
+        await _verify_blocks(conn, verify_key, report, totals, {anchor.sequence: anchor for anchor in anchors}, replay)
         beyond = [anchor.sequence for anchor in anchors if anchor.sequence > report.blocks_checked]
         if beyond and report.first_bad_block is None:
             report.problems.append(
@@ -166,7 +168,11 @@ async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey, anchors: Sequ
             stored = (await conn.execute(sa.select(sa.func.count()).select_from(transfers))).scalar_one()
             if stored != report.transfers_checked:
                 report.problems.append(f"{stored - report.transfers_checked} transfers lie outside every sealed block")
-        await _verify_balances(conn, report, totals)
+        if report.ok:
+            await _verify_timeouts(conn, report, replay)
+        if engine.dialect.name == "sqlite":
+            await _verify_sqlite_id_text(conn, report)
+        await _verify_balances(conn, report, totals, replay)
     return report
 
 
@@ -177,8 +183,47 @@ async def newest_anchor(engine: AsyncEngine) -> Anchor | None:
     return Anchor(head.sequence, bytes(head.hash)) if head.sequence else None
 
 
+@dataclass(slots=True)
+class _Replay:
+    """What walking the chain learns besides balances: each account's currency, and the holds
+    with a timeout that are still open (the expiry sweep's due list must hold exactly these)."""
+
+    currency_of: dict[UUID, str] = field(default_factory=dict)
+    open_timeouts: dict[UUID, int] = field(default_factory=dict)
+
+    def add(self, transfer: Transfer) -> str | None:
+        """Record the transfer; a problem if its accounts were seen in another currency."""
+        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
+            seen = self.currency_of.setdefault(account_id, transfer.currency)
+            if seen != transfer.currency:
+                return f"transfer {transfer.id} moves {transfer.currency} on account {account_id}, which holds {seen}"
+        if transfer.kind is TransferKind.PENDING and transfer.expires_at_us is not None:
+            self.open_timeouts[transfer.id] = transfer.expires_at_us
+        elif transfer.pending_id is not None:
+            self.open_timeouts.pop(transfer.pending_id, None)
+        return None
+
+
+def _transfer_problem(transfer: Transfer) -> str | None:
+    """Fields the ledger never writes. Checked apart from the hash because the canonical bytes
+    spell an absent timeout as -1 and keep three bytes of the currency: only in the ledger's own
+    domain are they one-to-one."""
+    currency = transfer.currency
+    if not (len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()):
+        return f"transfer {transfer.id} has currency {currency!r}"
+    if transfer.amount_minor < 0 or transfer.released_minor < 0:
+        return f"transfer {transfer.id} has a negative amount"
+    times_out = transfer.kind is TransferKind.PENDING and transfer.timeout_s is not None
+    if transfer.timeout_s is not None and not (times_out and 0 < transfer.timeout_s <= TIMEOUT_S_MAX):
+        return f"transfer {transfer.id} has timeout_s {transfer.timeout_s}"
+    expected_expiry = transfer.created_at_us + transfer.timeout_s * 1_000_000 if times_out else None
+    if transfer.expires_at_us != expected_expiry:
+        return f"transfer {transfer.id} expires at {transfer.expires_at_us}, its timeout says {expected_expiry}"
+    return None
+
+
 async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, totals: dict[UUID, list[int]],
-                         anchors: dict[int, Anchor]) -> None:
+                         anchors: dict[int, Anchor], replay: _Replay) -> None:
     prev_hash = GENESIS_HASH
     expected_seq = 1
     last_sequence = 0
@@ -203,6 +248,11 @@ async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, total
             if problem is None and anchor is not None and anchor.hash != block.hash:
                 problem = (f"block {block.sequence}: its hash is not the one recorded outside the ledger "
                            "(the history up to it was rewritten and sealed again)")
+            for transfer in batch if problem is None else ():
+                found = _transfer_problem(transfer) or replay.add(transfer)
+                if found is not None:
+                    problem = f"block {block.sequence}: {found}"
+                    break
             if problem is not None:
                 report.first_bad_block = block.sequence
                 report.problems.append(problem)
@@ -236,6 +286,32 @@ def _block_problem(block, batch: list[Transfer], prev_hash: bytes, expected_seq:
     return None
 
 
+async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
+    """The expiry sweep's due list must be exactly the open holds with a timeout: a missing row
+    means a hold that never expires, an extra one a sweep over something that is no open hold."""
+    rows = {row.transfer_id: row.expires_at_us for row in await conn.execute(sa.select(pending_timeouts))}
+    missing = [hold for hold in replay.open_timeouts if hold not in rows]
+    wrong = [hold for hold, due in rows.items() if replay.open_timeouts.get(hold) != due]
+    if missing:
+        report.problems.append(f"{len(missing)} open holds with a timeout are missing from pending_timeouts "
+                               f"(they would never expire), e.g. {missing[0]}")
+    if wrong:
+        report.problems.append(f"{len(wrong)} pending_timeouts rows match no open hold and its expiry, e.g. {wrong[0]}")
+
+
+async def _verify_sqlite_id_text(conn, report: AuditReport) -> None:
+    """SQLite keeps ids as text; the ledger writes 32 lower-case hex digits. Another spelling
+    parses to the same UUID (so the hash holds) but escapes lookups and the unique index."""
+    checks = [("transfers", "id"), ("transfers", "debit_account_id"), ("transfers", "credit_account_id"),
+              ("transfers", "pending_id"), ("accounts", "id"), ("pending_timeouts", "transfer_id")]
+    for table, column in checks:
+        bad = (await conn.exec_driver_sql(
+            f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL AND "
+            f"(length({column}) <> 32 OR {column} <> lower({column}) OR {column} GLOB '*[^0-9a-f]*')")).scalar_one()
+        if bad:
+            report.problems.append(f"{bad} {table}.{column} values are not ids as the ledger writes them")
+
+
 def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
     posted, pending = transfer.posted_delta, transfer.pending_delta
     debit = totals.setdefault(transfer.debit_account_id, [0, 0, 0, 0])
@@ -246,13 +322,17 @@ def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
     credit[3] += pending
 
 
-async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]]) -> None:
-    columns = [accounts.c.id] + [accounts.c[name] for name in _BALANCE_COLUMNS]
+async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay) -> None:
+    columns = [accounts.c.id, accounts.c.currency] + [accounts.c[name] for name in _BALANCE_COLUMNS]
     result = await conn.stream(sa.select(*columns).order_by(accounts.c.id))
     seen: set[UUID] = set()
     async for row in result:
         seen.add(row.id)
         report.accounts_checked += 1
+        moved = replay.currency_of.get(row.id)
+        if moved is not None and moved != row.currency and report.first_bad_account is None:
+            report.first_bad_account = row.id
+            report.problems.append(f"account {row.id}: holds {row.currency} but its transfers moved {moved}")
         expected = totals.get(row.id, [0, 0, 0, 0])
         stored = [row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending]
         if stored != expected and report.first_bad_account is None and report.first_bad_block is None:

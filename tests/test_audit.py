@@ -20,7 +20,7 @@ from ledger import AccountFlags, AccountSpec, Anchor, Ledger, TransferCommand
 from ledger.audit import BLOCK_DOMAIN, canonical_transfer_bytes, transfer_from_row
 from ledger.db import create_engine
 from ledger.ids import uuid7
-from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, transfers
+from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, pending_timeouts, transfers
 
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 Posted, Pending, Post = TransferCommand.posted, TransferCommand.pending, TransferCommand.post
@@ -342,3 +342,71 @@ async def test_the_newest_block_is_the_head_and_its_signature_verifies_with_the_
     auditor_key = VerifyKey(bytes(ledger.verify_key))
     assert auditor_key.verify(block.hash, block.signature) == block.hash
     assert await ledger.audit_anchor() == Anchor(block.sequence, block.hash)
+
+
+# -- rows whose tampering leaves every hash intact ------------------------------------------------
+
+
+async def open_hold(ledger: Ledger, *, timeout_s: int | None) -> dict[str, UUID]:
+    funding, wallet, merchant, hold = uuid7(), uuid7(), uuid7(), uuid7()
+    await ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
+                                  AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
+                                  AccountSpec(merchant, "CNY", "merchant")])
+    assert all(r.ok for r in await ledger.submit([
+        Posted(uuid7(), funding, wallet, 10_000, "CNY"),
+        Pending(hold, wallet, merchant, 5_000, "CNY", timeout_s=timeout_s)]))
+    assert (await ledger.verify_audit()).ok
+    return {"wallet": wallet, "hold": hold}
+
+
+async def test_a_hold_without_timeout_rewritten_to_the_absent_timeouts_canonical_minus_one_is_reported(own_ledger):
+    """Canonical bytes spell an absent timeout as -1: -1 written into the row hashes the same, and
+    with a due row added the sweep would release the hold. Verify knows the ledger never writes -1."""
+    ids = await open_hold(own_ledger, timeout_s=None)
+    await execute(own_ledger.engine, transfers.update().where(transfers.c.id == ids["hold"])
+                  .values(timeout_s=-1, expires_at_us=-1))
+    report = await own_ledger.verify_audit()
+    assert not report.ok and any("has timeout_s -1" in problem for problem in report.problems)
+
+
+async def test_an_account_whose_currency_was_rewritten_is_reported(own_ledger):
+    ids = await open_hold(own_ledger, timeout_s=None)
+    await execute(own_ledger.engine, accounts.update().where(accounts.c.id == ids["wallet"]).values(currency="HKD"))
+    report = await own_ledger.verify_audit()
+    assert not report.ok
+    assert any("holds HKD but its transfers moved CNY" in problem for problem in report.problems)
+
+
+async def test_a_due_row_deleted_for_an_open_hold_or_added_for_none_is_reported(own_ledger):
+    ids = await open_hold(own_ledger, timeout_s=60)
+    await execute(own_ledger.engine, pending_timeouts.delete())
+    report = await own_ledger.verify_audit()
+    assert not report.ok and any("missing from pending_timeouts" in problem for problem in report.problems)
+    await execute(own_ledger.engine, pending_timeouts.insert().values(transfer_id=uuid7(), expires_at_us=1))
+    report = await own_ledger.verify_audit()
+    assert any("match no open hold" in problem for problem in report.problems)
+    assert ids
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.parametrize("column, spell", [
+    ("id", str.upper), ("debit_account_id", lambda text: str(UUID(hex=text)))], ids=["upper-case", "dashes"])
+async def test_an_id_stored_in_another_spelling_on_sqlite_is_reported(own_ledger, column, spell):
+    """The same UUID in another spelling keeps the hash but escapes lookups and the unique index:
+    the transfer vanishes from get_transfer and a resubmitted id would be applied again."""
+    ids = await open_hold(own_ledger, timeout_s=None)
+    async with own_ledger.engine.begin() as conn:
+        text = (await conn.exec_driver_sql(f"SELECT {column} FROM transfers WHERE id = ?",
+                                           (ids["hold"].hex,))).scalar_one()
+        await conn.exec_driver_sql(f"UPDATE transfers SET {column} = ? WHERE id = ?", (spell(text), ids["hold"].hex))
+    report = await own_ledger.verify_audit()
+    assert not report.ok and any(f"transfers.{column} values are not ids" in problem for problem in report.problems)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_a_currency_padded_past_three_letters_on_sqlite_is_reported(own_ledger):
+    """The canonical bytes keep three bytes of the currency; SQLite does not enforce VARCHAR(3)."""
+    ids = await open_hold(own_ledger, timeout_s=None)
+    await execute(own_ledger.engine, transfers.update().where(transfers.c.id == ids["hold"]).values(currency="CNYX"))
+    report = await own_ledger.verify_audit()
+    assert not report.ok and any("has currency 'CNYX'" in problem for problem in report.problems)
