@@ -11,6 +11,7 @@ from ledger.errors import (
     LedgerError,
     LedgerOverloaded,
     LedgerShuttingDown,
+    LedgerKeyMismatch,
     LedgerOutcomeUnknown,
     LedgerUnavailable,
     ResultCode,
@@ -33,6 +34,6 @@ from ledger.money import Currency, format_amount, parse_amount
 __all__ = [
     "Account", "AccountFlags", "Anchor", "AuditReport", "AccountResult", "AccountResultCode", "AccountSpec", "AccountStatus", "Balances",
     "Batcher", "Currency", "InvalidAmount", "InvariantViolation", "Ledger", "LedgerError", "LedgerOverloaded",
-    "LedgerOutcomeUnknown", "LedgerShuttingDown", "LedgerUnavailable", "Limits", "ResultCode", "StatementLine", "StatementPage", "Transfer",
+    "LedgerKeyMismatch", "LedgerOutcomeUnknown", "LedgerShuttingDown", "LedgerUnavailable", "Limits", "ResultCode", "StatementLine", "StatementPage", "Transfer",
     "TransferCommand", "TransferKind", "TransferResult", "format_amount", "parse_amount",
 ]

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from uuid import UUID
 
 import sqlalchemy as sa
+from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -34,6 +35,7 @@ from ledger.engine import BatchEngine, accounts_needed, storable_text, well_form
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
+    LedgerKeyMismatch,
     LedgerOutcomeUnknown,
     ResultCode,
     LedgerUnavailable,
@@ -119,6 +121,7 @@ class Ledger:
         self.clock = clock
         self.stats = LedgerStats()
         self._store = store_for(engine.dialect.name)
+        self._key_checked = False
         self._currencies: dict[str, Currency] | None = None
 
     @classmethod
@@ -285,6 +288,8 @@ class Ledger:
         if len(commands) > BATCH_SIZE_MAX:
             raise ValueError(f"a batch holds at most {BATCH_SIZE_MAX} commands, got {len(commands)}")
         check_commands(commands)
+        if not self._key_checked:
+            await self.check_signing_key()
         # Malformed commands are answered by the engine (invalid_command) and kept out of every
         # id and account set the batch reads and locks.
         usable = [command for command in commands if well_formed(command)]
@@ -470,6 +475,21 @@ class Ledger:
             return None
         return JournalBlock(row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature),
                             row.first_transfer_seq, row.transfer_count, row.created_at_us)
+
+    async def check_signing_key(self) -> None:
+        """Raise :class:`LedgerKeyMismatch` unless this ledger's key signed the chain's newest
+        block (any key will do for an empty chain). ``submit`` checks once before its first
+        batch: a process started with another key (another host's data directory, a new key
+        made by mistake) would otherwise seal blocks that no single key verifies."""
+        block = await self.newest_block()
+        if block is not None:
+            try:
+                self.verify_key.verify(block.hash, block.signature)
+            except BadSignatureError:
+                raise LedgerKeyMismatch(
+                    f"this ledger's signing key did not sign block {block.sequence}, the chain's newest; "
+                    "open the ledger with the key that signed the chain") from None
+        self._key_checked = True
 
     async def verify_audit(self, verify_key: VerifyKey | None = None, anchors: Sequence[Anchor] = ()) -> AuditReport:
         return await verify_audit(self.engine, verify_key or self.verify_key, anchors)

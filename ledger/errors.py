@@ -121,6 +121,13 @@ class LedgerOutcomeUnknown(LedgerUnavailable):
     code = "outcome_unknown"
 
 
+class LedgerKeyMismatch(LedgerError):
+    """This ledger's signing key did not sign the chain's newest block. Writing with it would seal
+    blocks that no single key verifies; open the ledger with the key that signed the chain."""
+
+    code = "key_mismatch"
+
+
 class InvariantViolation(LedgerError):
     """A rule that must always hold was found broken. This is a bug, never a business outcome."""
 

@@ -20,6 +20,7 @@ from typing import Sequence
 
 
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
 
 from ledger import (
@@ -27,12 +28,15 @@ from ledger import (
     AccountSpec,
     Batcher,
     Ledger,
+    LedgerError,
+    LedgerKeyMismatch,
     Limits,
     TransferCommand,
     format_amount,
     parse_amount,
 )
 from ledger.audit import Anchor, newest_anchor, verify_audit
+from ledger.batcher import QUEUE_DEPTH_MAX_DEFAULT
 from ledger.db import create_engine, migrate
 from ledger.ids import uuid7
 from ledger.keys import load_or_create_signing_key, public_key_text, read_signing_key, verify_key_from_text
@@ -42,17 +46,30 @@ from service.config import Settings
 CNY = Currency("CNY", 2)
 
 
-async def init(settings: Settings, console: Console) -> None:
+async def init(settings: Settings, console: Console) -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     try:
         await migrate(engine)
+        console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
+        chain_started = await newest_anchor(engine) is not None
+        if chain_started and not settings.signing_key_path.exists():
+            # A new key here would seal blocks that no single key verifies, for good.
+            console.print(f"[red]this database already holds a chain, signed by a key that is not at "
+                          f"{settings.signing_key_path}: point LEDGER_DATA_DIR at the directory holding it[/]")
+            return 2
+        key, created = load_or_create_signing_key(settings.signing_key_path)
+        if chain_started:
+            try:
+                await Ledger(engine, key).check_signing_key()
+            except LedgerKeyMismatch as error:
+                console.print(f"[red]{settings.signing_key_path}: {error}[/]")
+                return 2
     finally:
         await engine.dispose()
-    key, created = load_or_create_signing_key(settings.signing_key_path)
-    console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
     verb = "created" if created else "kept"
     console.print(f"ledger signing key {verb}: {settings.signing_key_path} (public key {public_key_text(key.verify_key)})")
+    return 0
 
 
 async def migrate_only(settings: Settings, console: Console) -> None:
@@ -117,7 +134,8 @@ async def audit_verify(settings: Settings, console: Console, public_key: str | N
 
 async def demo(settings: Settings, console: Console, payments: int) -> int:
     """Seed a merchant and e-CNY wallets of three categories, and run payments through the batcher."""
-    await init(settings, console)
+    if (code := await init(settings, console)) != 0:
+        return code
     key, _ = load_or_create_signing_key(settings.signing_key_path)
     ledger = Ledger(create_engine(settings.database_url), key)
     try:
@@ -152,7 +170,8 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
     for column in ("step", "result"):
         story.add_column(column)
 
-    async with Batcher(ledger) as batcher:
+    # The burst is handed in at once: the queue must hold it (the default bound is 50,000).
+    async with Batcher(ledger, queue_depth_max=max(QUEUE_DEPTH_MAX_DEFAULT, payments)) as batcher:
         async def run(step: str, *commands: TransferCommand) -> None:
             results = await batcher.submit_many(commands)
             outcomes = [("replayed ok" if r.replayed else r.code.value) for r in results]
@@ -213,9 +232,12 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
 
 
 def _safe_url(url: str) -> str:
+    """The URL without its password, whether in the authority or in the query string."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    parsed = make_url(url)
+    hidden = {key: "***" for key in parsed.query if key.lower() in ("password", "sslpassword", "passfile")}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,13 +258,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_FAILED = 3  # the command could not run: the database unreachable, a key file unreadable
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done; 1 the audit found the books differ; 2 bad input (a malformed anchor or
+    key, no key, a key that did not sign this chain); 3 the command could not run."""
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
     console = Console()
+    try:
+        return _run(args, settings, console)
+    except ValueError as error:  # a malformed key or key file (base64 and length errors are ValueErrors)
+        console.print(f"[red]{error}[/]")
+        return 2
+    except (OSError, LedgerError, SQLAlchemyError) as error:
+        console.print(f"[red]{type(error).__name__}: {error}[/]")
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     if args.command == "init":
-        asyncio.run(init(settings, console))
-        return 0
+        return asyncio.run(init(settings, console))
     if args.command == "migrate":
         asyncio.run(migrate_only(settings, console))
         return 0

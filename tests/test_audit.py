@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from ledger import AccountFlags, AccountSpec, Anchor, Ledger, TransferCommand
+from ledger import AccountFlags, AccountSpec, Anchor, Ledger, LedgerKeyMismatch, TransferCommand
 from ledger.audit import BLOCK_DOMAIN, canonical_transfer_bytes, transfer_from_row
 from ledger.db import create_engine
 from ledger.ids import uuid7
@@ -410,3 +410,17 @@ async def test_a_currency_padded_past_three_letters_on_sqlite_is_reported(own_le
     await execute(own_ledger.engine, transfers.update().where(transfers.c.id == ids["hold"]).values(currency="CNYX"))
     report = await own_ledger.verify_audit()
     assert not report.ok and any("has currency 'CNYX'" in problem for problem in report.problems)
+
+
+async def test_a_ledger_opened_with_another_key_refuses_to_write_onto_the_chain(own_ledger, database_url, clock):
+    """A second process started with the wrong key (another host's data directory, a key made by
+    mistake) would seal blocks that no single key verifies, for good."""
+    ids = await open_hold(own_ledger, timeout_s=None)
+    stranger = Ledger(create_engine(database_url), SigningKey.generate(), clock=clock)
+    try:
+        with pytest.raises(LedgerKeyMismatch, match="did not sign block 1"):
+            await stranger.submit([Posted(uuid7(), ids["wallet"], uuid7(), 1, "CNY")])
+    finally:
+        await stranger.close()
+    report = await own_ledger.verify_audit()
+    assert report.ok and report.blocks_checked == 1

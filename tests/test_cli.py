@@ -8,6 +8,7 @@ import io
 
 import pytest
 import sqlalchemy as sa
+from nacl.signing import SigningKey
 from rich.console import Console
 
 from ledger.audit import Anchor
@@ -93,3 +94,45 @@ def test_main_runs_init_demo_and_audit_on_the_embedded_default(tmp_path, monkeyp
     anchor = capsys.readouterr().out.strip()
     assert cli.main(["audit", "verify", "--anchor", anchor]) == 0
     assert cli.main(["audit", "verify", "--anchor", "not-an-anchor"]) == 2
+
+
+async def test_init_on_a_database_whose_chain_another_key_signed_refuses_and_creates_no_key(settings, tmp_path):
+    """Another host's data directory pointed at the same PostgreSQL: a new key there would seal
+    blocks that no single key verifies."""
+    assert await cli.demo(settings, quiet(), payments=10) == 0
+    elsewhere = Settings(data_dir=tmp_path / "other-host", database_url=settings.database_url)
+
+    assert await cli.init(elsewhere, quiet()) == 2
+    assert not elsewhere.signing_key_path.exists()
+
+    elsewhere.signing_key_path.write_text(public_key_text(SigningKey.generate()) + "\n")  # a wrong 32-byte seed
+    assert await cli.init(elsewhere, quiet()) == 2
+    assert await cli.demo(elsewhere, quiet(), payments=10) == 2
+    assert await cli.audit_verify(settings, quiet(), public_key=None) == 0  # nothing was sealed with it
+
+
+async def test_two_anchors_for_one_block_must_both_hold_whatever_their_order(settings, capsys):
+    assert await cli.demo(settings, quiet(), payments=10) == 0
+    capsys.readouterr()
+    assert await cli.audit_head(settings, quiet()) == 0
+    real = Anchor.parse(capsys.readouterr().out.strip())
+    forged = str(Anchor(real.sequence, bytes(32)))
+    for anchors in ([forged, str(real)], [str(real), forged]):
+        assert await cli.audit_verify(settings, quiet(), public_key=None, anchors=anchors) == 1
+    assert await cli.audit_verify(settings, quiet(), public_key=None, anchors=[str(real), str(real)]) == 0
+
+
+def test_main_exits_2_for_a_malformed_key_and_3_when_the_database_is_unreachable(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    assert cli.main(["audit", "verify", "--public-key", "not base64!"]) == 2
+    assert cli.main(["audit", "verify", "--public-key", "c2hvcnQ="]) == 2  # decodes, but not 32 bytes
+    monkeypatch.setenv("LEDGER_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:1/nowhere")
+    assert cli.main(["migrate"]) == 3
+    assert "Traceback" not in capsys.readouterr().out
+
+
+def test_urls_are_printed_without_their_password_wherever_it_is():
+    shown = cli._safe_url("postgresql+asyncpg://app:Secret1@db/ledger?password=Secret2&sslmode=require")
+    assert "Secret1" not in shown and "Secret2" not in shown
+    assert "sslmode=require" in shown and "db/ledger" in shown
