@@ -15,7 +15,7 @@ from typing import AsyncIterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -112,9 +112,19 @@ def alembic_config() -> Config:
     return config
 
 
+# The advisory lock that makes concurrent migrations on PostgreSQL take turns (any constant will
+# do; this is "ledger" in ASCII).
+MIGRATION_LOCK_KEY = 0x6C6564676572
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to ``revision``; migrations are the only way the schema is made."""
+    """Bring the schema to ``revision``; migrations are the only way the schema is made. Two
+    processes starting at once take turns (on PostgreSQL an advisory lock held to the end of the
+    transaction; SQLite's BEGIN IMMEDIATE already serialises them): the second finds the schema
+    current instead of failing on the first's half-made tables."""
     async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await conn.run_sync(_alembic, "upgrade", revision)
 
 

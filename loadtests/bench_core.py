@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -276,7 +277,8 @@ def _process_main(backend: str, url: str, key: bytes, scenario: str, count: int,
 def _percentile(sorted_values: list[float], percent: float) -> float:
     if not sorted_values:
         return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(percent / 100 * len(sorted_values)) - 1))
+    # Nearest rank: the smallest value with at least ``percent`` of the values at or below it.
+    index = min(len(sorted_values) - 1, max(0, math.ceil(percent / 100 * len(sorted_values)) - 1))
     return sorted_values[index]
 
 

@@ -67,3 +67,8 @@ async def test_a_batched_run_can_be_split_over_two_writer_processes_and_every_tr
         ("uniform", 2, 0, 101), ("hot", 2, 0, 101)}
     for result in results:
         assert result.batches >= 2  # at least one batch per process
+
+
+@pytest.mark.parametrize("count, percent, rank", [(1, 50, 1), (5, 50, 3), (1001, 50, 501), (100, 99, 99), (200, 99, 198)])
+def test_percentiles_are_nearest_rank(count, percent, rank):
+    assert bench_core._percentile([float(n) for n in range(1, count + 1)], percent) == rank

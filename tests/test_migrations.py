@@ -3,6 +3,7 @@ exactly the tables of ``ledger.schema``, and upgrade -> downgrade -> upgrade mus
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -173,3 +174,18 @@ async def test_postgresql_storage_options_of_the_schema_module_are_those_the_mig
             {"names": sorted(LEDGER_TABLES)})).all()
     actual = {name: dict(option.split("=", 1) for option in (options or [])) for name, options in rows}
     assert actual == expected
+
+
+async def test_two_processes_migrating_an_empty_database_at_once_both_succeed(empty_engine, backend, database_url, tmp_path):
+    """Two `ledger init`s starting together: the second waits for the first and finds the schema
+    current (on PostgreSQL the first's half-made tables used to fail it with a duplicate key)."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}" if backend == "sqlite" else database_url
+    engines = [create_engine(url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+        async with empty_engine.connect() as conn:
+            assert await conn.run_sync(_current_revision) == _head_revision()
+            assert await conn.run_sync(_schema_differences) == []
+    finally:
+        for engine in engines:
+            await engine.dispose()
