@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from conftest import assert_invariants
 from nacl.signing import SigningKey
 
-from ledger import AccountSpec, Ledger
+from ledger import AccountSpec, Ledger, TransferCommand
 from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import accounts, journal_blocks, journal_head, transfers
@@ -221,11 +221,25 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_ack_exactly_once_and_
     for transfer_id, move in stored.items():
         assert intended[transfer_id] == move
     # What was in flight at the kill either committed whole (stored, unacknowledged) or not at all.
+    in_flight = set(intended_before_kill) - set(acked_before_kill)
+    assert in_flight, "the kill cut nothing off: nothing was in flight"
     in_flight_stored = set(stored) - set(acked_before_kill) - set(acked_after_restart)
-    assert in_flight_stored <= set(intended_before_kill)
+    assert in_flight_stored <= in_flight
     await assert_no_half_batch(verifier)
     await assert_invariants(verifier)
     await assert_balances_equal(verifier, stored)
+
+    # A client that never heard back resubmits the same ids: each is answered as stored (replayed)
+    # if its batch committed before the kill, or applied now, and none is applied twice.
+    resubmitted = sorted(in_flight)
+    results = await verifier.submit([TransferCommand.posted(transfer_id, *intended_before_kill[transfer_id], "CNY")
+                                     for transfer_id in resubmitted])
+    assert all(result.ok for result in results)
+    assert {i for i, result in zip(resubmitted, results) if result.replayed} == in_flight_stored
+    after = await stored_transfers(verifier)
+    assert after == {**stored, **{i: intended_before_kill[i] for i in in_flight}}
+    await assert_balances_equal(verifier, after)
+    await assert_no_half_batch(verifier)
 
 
 async def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits_zero(setup, backend):
