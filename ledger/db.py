@@ -30,7 +30,9 @@ PING_IDLE_AFTER_S = 1.0
 
 
 def create_engine(url: str, **engine_options) -> AsyncEngine:
-    """An async engine for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs."""
+    """An async engine for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs (plain
+    ``sqlite://``, ``postgresql://`` and ``postgres://`` get the async driver)."""
+    url = async_url(url)
     if url.startswith("sqlite"):
         engine = create_async_engine(url, **engine_options)
         _configure_sqlite(engine)
@@ -48,6 +50,16 @@ def create_engine(url: str, **engine_options) -> AsyncEngine:
         _ping_idle_connections(engine)
         return engine
     raise ValueError(f"unsupported database URL {url!r}: use sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def async_url(url: str) -> str:
+    """The URL with the driver the ledger uses: an operator's plain ``postgresql://…`` would
+    otherwise ask SQLAlchemy for psycopg, which is not installed."""
+    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
+                          ("sqlite://", "sqlite+aiosqlite://")):
+        if url.startswith(plain):
+            return driver + url[len(plain):]
+    return url
 
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:

@@ -15,6 +15,14 @@ def write_signing_key(path: Path, key: SigningKey) -> None:
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(base64.b64encode(bytes(key)).decode() + "\n")
+        # On disk before anything is signed with it: a crash must not leave an empty key file.
+        handle.flush()
+        os.fsync(handle.fileno())
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def read_signing_key(path: Path) -> SigningKey:

@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 from rich.console import Console
 
 from ledger.audit import Anchor
-from ledger.db import create_engine
+from ledger.db import async_url, create_engine
 from ledger.keys import public_key_text, read_signing_key
 from ledger.schema import transfers
 from service import cli
@@ -136,3 +136,17 @@ def test_urls_are_printed_without_their_password_wherever_it_is():
     shown = cli._safe_url("postgresql+asyncpg://app:Secret1@db/ledger?password=Secret2&sslmode=require")
     assert "Secret1" not in shown and "Secret2" not in shown
     assert "sslmode=require" in shown and "db/ledger" in shown
+
+
+@pytest.mark.parametrize("plain, expected", [
+    ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"), ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"), ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+])
+def test_plain_database_urls_get_the_async_driver(plain, expected):
+    assert async_url(plain) == expected
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+async def test_a_plain_postgresql_url_works_end_to_end(settings):
+    plain = Settings(data_dir=settings.data_dir, database_url=settings.database_url.replace("+asyncpg", "", 1))
+    assert await cli.demo(plain, quiet(), payments=5) == 0
