@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -13,6 +14,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from nacl.signing import SigningKey
 from sqlalchemy.exc import IntegrityError
+from conftest import POSTGRES_URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import AccountFlags, AccountSpec, Ledger, TransferCommand
@@ -189,3 +191,53 @@ async def test_two_processes_migrating_an_empty_database_at_once_both_succeed(em
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+def _definitions(sync_conn) -> dict:
+    """Every table's CHECK constraints (name and normalised SQL) and indexes (name, columns,
+    uniqueness and predicate), as the database reports them: what compare_metadata does not look
+    at (it matches CHECK constraints by name only and ignores index predicates)."""
+    inspector = sa.inspect(sync_conn)
+
+    def predicate(index) -> str:
+        options = index.get("dialect_options") or {}
+        where = options.get("postgresql_where", options.get("sqlite_where"))
+        return " ".join(str(getattr(where, "text", where)).split()) if where is not None else ""
+
+    return {
+        table: (sorted((check["name"], " ".join(check["sqltext"].split())) for check in inspector.get_check_constraints(table)),
+                sorted((index["name"], tuple(index["column_names"]), bool(index["unique"]), predicate(index))
+                       for index in inspector.get_indexes(table)))
+        for table in inspector.get_table_names() if table != "alembic_version"
+    }
+
+
+async def test_migrations_build_the_same_check_expressions_and_index_predicates_as_the_schema_module(
+        empty_engine, backend, tmp_path):
+    admin = None
+    if backend == "sqlite":
+        reference_url = f"sqlite+aiosqlite:///{tmp_path / 'create_all.db'}"
+    else:
+        reference_name = f"ledger_create_all_{uuid7().hex[:10]}"
+        admin = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1))
+        await admin.execute(f'CREATE DATABASE "{reference_name}"')
+        reference_url = sa.engine.make_url(POSTGRES_URL).set(database=reference_name).render_as_string(
+            hide_password=False)
+    reference = create_engine(reference_url)
+    try:
+        await migrate(empty_engine)
+        async with reference.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with empty_engine.connect() as conn:
+            migrated = await conn.run_sync(_definitions)
+        async with reference.connect() as conn:
+            modelled = await conn.run_sync(_definitions)
+    finally:
+        await reference.dispose()
+        if admin is not None:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{reference_name}" WITH (FORCE)')
+            await admin.close()
+    assert migrated == modelled
+    # The comparison sees what it should: the partial unique index keeps its predicate.
+    assert any(name == "uq_transfers_pending_id" and "pending_id IS NOT NULL" in where
+               for name, _, _, where in migrated["transfers"][1])
