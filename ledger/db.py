@@ -8,6 +8,7 @@ transaction opened with ``BEGIN IMMEDIATE`` so it holds the write lock from its 
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 # A read-only transaction on SQLite opts out of BEGIN IMMEDIATE with this execution option.
 READ_ONLY = {"ledger_read_only": True}
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_WAL_SWITCH_ATTEMPTS = 20
 POSTGRES_POOL_SIZE = 10
 POSTGRES_POOL_OVERFLOW_MAX = 20
 # A pooled PostgreSQL connection idle this long is pinged before use.
@@ -80,16 +82,30 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"an idle pooled connection was dead: {error!r}") from error
 
 
+def _switch_to_wal(cursor) -> None:
+    """WAL mode is kept in the file, but the switch takes a lock that SQLite does not wait for
+    with busy_timeout: two processes opening a new file at once saw "database is locked" about
+    one time in ten. The switch is retried briefly (once a file is in WAL it is a no-op)."""
+    for attempt in range(1, SQLITE_WAL_SWITCH_ATTEMPTS + 1):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == SQLITE_WAL_SWITCH_ATTEMPTS:
+                raise
+            time.sleep(0.01 * attempt)
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection, _record) -> None:
         # Hand transaction control to the "begin" hook below instead of the driver's own BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
