@@ -9,6 +9,7 @@ session: a file copy on SQLite, ``CREATE DATABASE … TEMPLATE`` on PostgreSQL. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -195,3 +196,33 @@ async def assert_invariants(ledger: Ledger, *, verify_chain: bool = True) -> Non
     if verify_chain:
         report = await ledger.verify_audit()
         assert report.ok, report.problems
+
+
+class Overlap:
+    """Holds each of the first ``parties`` calls of ``ledger.submit`` until all of them have
+    arrived (or ``timeout_s`` passed), so that their database transactions really run at once
+    (warm the pool first: a fresh connect would set one of them a connect behind).
+    ``max_in_flight`` is what proves they overlapped: how many submits ran at the same time."""
+
+    def __init__(self, ledger, monkeypatch, parties: int = 2, timeout_s: float = 5.0) -> None:
+        self.parties, self.timeout_s = parties, timeout_s
+        self.arrived = 0
+        self.in_flight = self.max_in_flight = 0
+        self.all_here = asyncio.Event()
+        real_submit = ledger.submit
+
+        async def overlapping_submit(commands):
+            self.arrived += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                if self.arrived >= self.parties:
+                    self.all_here.set()
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.all_here.wait(), self.timeout_s)
+                return await real_submit(commands)
+            finally:
+                self.in_flight -= 1
+
+        monkeypatch.setattr(ledger, "submit", overlapping_submit)

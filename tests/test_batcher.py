@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 import sqlalchemy as sa
-from conftest import assert_invariants
+from conftest import Overlap, assert_invariants
 
 from ledger import (
     AccountFlags,
@@ -105,34 +105,6 @@ async def warm_pool(ledger, connections: int) -> None:
     opened = [await ledger.engine.connect() for _ in range(connections)]
     for conn in opened:
         await conn.close()
-
-
-class Overlap:
-    """Holds each of the first ``parties`` calls of ``ledger.submit`` until all have arrived (or
-    ``timeout_s`` passed), so that their database transactions really run at the same time."""
-
-    def __init__(self, ledger, monkeypatch, parties: int, timeout_s: float = 5.0) -> None:
-        self.parties = parties
-        self.arrived = 0
-        self.in_flight = self.max_in_flight = 0  # submits running at once: what proves the overlap
-        self.all_here = asyncio.Event()
-        real_submit = ledger.submit
-
-        async def overlapping_submit(commands):
-            self.arrived += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                if self.arrived >= self.parties:
-                    self.all_here.set()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.all_here.wait(), timeout_s)
-                return await real_submit(commands)
-            finally:
-                self.in_flight -= 1
-
-        monkeypatch.setattr(ledger, "submit", overlapping_submit)
 
 
 async def test_concurrent_callers_each_get_their_own_result_in_fewer_batches_than_transfers(ledger):

@@ -14,7 +14,7 @@ from collections import defaultdict
 
 import pytest
 import sqlalchemy as sa
-from conftest import assert_invariants
+from conftest import Overlap, assert_invariants
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -64,35 +64,6 @@ async def warm_pool(ledger, connections: int) -> None:
     opened = [await ledger.engine.connect() for _ in range(connections)]
     for conn in opened:
         await conn.close()
-
-
-class Overlap:
-    """Holds each of the first ``parties`` calls of ``ledger.submit`` until all of them have
-    arrived (or ``timeout_s`` passed), so that their database transactions really run at once
-    (warm the pool first: a fresh connect would set one of them a connect behind)."""
-
-    def __init__(self, ledger, monkeypatch, parties: int = 2, timeout_s: float = 5.0) -> None:
-        self.parties, self.timeout_s = parties, timeout_s
-        self.arrived = 0
-        self.in_flight = self.max_in_flight = 0  # submits running at once: what proves the overlap
-        self.all_here = asyncio.Event()
-        real_submit = ledger.submit
-
-        async def overlapping_submit(commands):
-            self.arrived += 1
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                if self.arrived >= self.parties:
-                    self.all_here.set()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.all_here.wait(), self.timeout_s)
-                return await real_submit(commands)
-            finally:
-                self.in_flight -= 1
-
-        monkeypatch.setattr(ledger, "submit", overlapping_submit)
 
 
 async def open_accounts(ledger, count: int, *, flags=AccountFlags.NONE, kind: str = "wallet") -> list:
