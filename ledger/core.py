@@ -31,7 +31,7 @@ from ledger.audit import (
     verify_audit,
 )
 from ledger.db import create_engine, read_transaction
-from ledger.engine import BatchEngine, accounts_needed, storable_text, well_formed
+from ledger.engine import BatchEngine, accounts_needed, business_day_and_year, storable_text, well_formed
 from ledger.errors import (
     AccountResultCode,
     InvariantViolation,
@@ -230,7 +230,9 @@ class Ledger:
 
     async def set_account_status(self, account_id: UUID, status: AccountStatus) -> AccountResult:
         """Freeze, unfreeze or close. Closing needs a zero posted balance (credits equal debits) and
-        nothing pending either way, and is final."""
+        nothing pending either way, and is final. ``status`` may be the plain value (2 for closed):
+        it is read as an AccountStatus first, so the checks see what is stored."""
+        status = AccountStatus(status)  # ValueError for a status that does not exist
         async with self.engine.begin() as conn:
             account = await self._lock_account(conn, account_id)
             if account is None:
@@ -262,13 +264,14 @@ class Ledger:
 
     async def _lock_account(self, conn: AsyncConnection, account_id: UUID) -> Account | None:
         row = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id).with_for_update())).first()
-        return None if row is None else _account_from_row(row)
+        return None if row is None else _account_from_row(row, business_day_and_year(self.clock()))
 
     async def _accounts_by_id(self, conn: AsyncConnection, ids: list[UUID]) -> dict[UUID, Account]:
         found: dict[UUID, Account] = {}
+        today = business_day_and_year(self.clock())
         for start in range(0, len(ids), 500):
             rows = await conn.execute(sa.select(accounts).where(accounts.c.id.in_(ids[start:start + 500])))
-            found.update((row.id, _account_from_row(row)) for row in rows)
+            found.update((row.id, _account_from_row(row, today)) for row in rows)
         return found
 
     # -- transfers -------------------------------------------------------------------------
@@ -552,14 +555,18 @@ def _limit_columns(limits: Limits) -> dict[str, int | None]:
                 daily_debit_cap_minor=limits.daily_debit_cap_minor, annual_debit_cap_minor=limits.annual_debit_cap_minor)
 
 
-def _account_from_row(row: sa.Row) -> Account:
+def _account_from_row(row: sa.Row, today: tuple[int, int]) -> Account:
+    """The account as of ``today`` (Asia/Shanghai day and year): a debit counter of an earlier day
+    or year reads 0, as the next debit will find it."""
+    day, year = today
     return Account(
         id=row.id, currency=row.currency, kind=row.kind, owner_ref=row.owner_ref, flags=AccountFlags(row.flags),
         status=AccountStatus(row.status),
         limits=Limits(row.balance_cap_minor, row.transfer_cap_minor, row.daily_debit_cap_minor,
                       row.annual_debit_cap_minor),
         balances=Balances(row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending),
-        debits_day_minor=row.debits_day_minor, debits_year_minor=row.debits_year_minor,
+        debits_day_minor=row.debits_day_minor if row.debit_day >= day else 0,
+        debits_year_minor=row.debits_year_minor if row.debit_year >= year else 0,
         created_at_us=row.created_at_us,
     )
 

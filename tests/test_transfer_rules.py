@@ -1220,3 +1220,23 @@ async def test_two_processes_opening_the_same_accounts_at_once_both_answer_ok(le
             [AccountResultCode.OK, AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS])
     finally:
         await other.close()
+
+
+async def test_closing_with_the_plain_status_value_still_needs_an_empty_account(ledger, books):
+    """2 is CLOSED's value: read as a status first, it meets the same emptiness check."""
+    result = await ledger.set_account_status(books.wallet, 2)
+    assert result.code is AccountResultCode.ACCOUNT_NOT_EMPTY
+    assert (await ledger.get_account(books.wallet)).status is AccountStatus.OPEN
+    with pytest.raises(ValueError):
+        await ledger.set_account_status(books.wallet, 7)
+
+
+async def test_an_accounts_debit_counters_read_zero_once_their_day_or_year_has_passed(ledger, books, clock):
+    assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 400, "CNY"))).ok
+    account = await ledger.get_account(books.wallet)
+    assert (account.debits_day_minor, account.debits_year_minor) == (400, 400)
+    clock.advance(days=1)  # 2026-11-26: a new day, the same year
+    account = await ledger.get_account(books.wallet)
+    assert (account.debits_day_minor, account.debits_year_minor) == (0, 400)
+    clock.advance(days=40)  # 2027
+    assert (await ledger.get_accounts([books.wallet]))[books.wallet].debits_year_minor == 0
