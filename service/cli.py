@@ -99,7 +99,11 @@ async def audit_head(settings: Settings, console: Console) -> int:
 async def audit_verify(settings: Settings, console: Console, public_key: str | None,
                        anchors: Sequence[str] = ()) -> int:
     if public_key:
-        verify_key = verify_key_from_text(public_key)
+        try:
+            verify_key = verify_key_from_text(public_key)
+        except ValueError as error:
+            console.print(f"[red]--public-key is not a base64 Ed25519 public key: {error}[/]")
+            return 2
     elif settings.signing_key_path.exists():
         verify_key = read_signing_key(settings.signing_key_path).verify_key
     else:
