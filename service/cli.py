@@ -16,12 +16,13 @@ import asyncio
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
-
 from rich.console import Console
-from sqlalchemy.exc import SQLAlchemyError
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from ledger import (
     AccountFlags,
@@ -37,7 +38,7 @@ from ledger import (
 )
 from ledger.audit import Anchor, newest_anchor, verify_audit
 from ledger.batcher import QUEUE_DEPTH_MAX_DEFAULT
-from ledger.db import create_engine, migrate
+from ledger.db import async_url, create_engine, migrate
 from ledger.ids import uuid7
 from ledger.keys import load_or_create_signing_key, public_key_text, read_signing_key, verify_key_from_text
 from ledger.money import Currency
@@ -81,8 +82,22 @@ async def migrate_only(settings: Settings, console: Console) -> None:
     console.print(f"database migrated: [bold]{_safe_url(settings.database_url)}[/]")
 
 
+def _no_ledger_here(settings: Settings, console: Console) -> bool:
+    """True (and says so) when an SQLite ledger file does not exist: reading commands must not
+    create an empty one."""
+    url = make_url(async_url(settings.database_url))
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return False
+    if Path(url.database).exists():
+        return False
+    console.print(f"[red]no ledger at {url.database}: run `ledger init` (or set LEDGER_DATA_DIR)[/]")
+    return True
+
+
 async def audit_head(settings: Settings, console: Console) -> int:
     """Print the newest block as an anchor to record outside the ledger."""
+    if _no_ledger_here(settings, console):
+        return 2
     engine = create_engine(settings.database_url)
     try:
         anchor = await newest_anchor(engine)
@@ -113,6 +128,8 @@ async def audit_verify(settings: Settings, console: Console, public_key: str | N
         parsed_anchors = [Anchor.parse(text) for text in anchors]
     except ValueError as error:
         console.print(f"[red]{error}[/]")
+        return 2
+    if _no_ledger_here(settings, console):
         return 2
     engine = create_engine(settings.database_url)
     try:
@@ -237,8 +254,6 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
 
 def _safe_url(url: str) -> str:
     """The URL without its password, whether in the authority or in the query string."""
-    from sqlalchemy.engine import make_url
-
     parsed = make_url(url)
     hidden = {key: "***" for key in parsed.query if key.lower() in ("password", "sslpassword", "passfile")}
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)

@@ -150,3 +150,11 @@ def test_plain_database_urls_get_the_async_driver(plain, expected):
 async def test_a_plain_postgresql_url_works_end_to_end(settings):
     plain = Settings(data_dir=settings.data_dir, database_url=settings.database_url.replace("+asyncpg", "", 1))
     assert await cli.demo(plain, quiet(), payments=5) == 0
+
+
+def test_audit_commands_on_a_directory_never_initialised_say_so_and_create_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "nothing-here"))
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    assert cli.main(["audit", "head"]) == 2
+    assert cli.main(["audit", "verify", "--public-key", public_key_text(SigningKey.generate().verify_key)]) == 2
+    assert not (tmp_path / "nothing-here" / "ledger.db").exists()
