@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -21,8 +21,8 @@ from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import read_transaction
-from ledger.model import Transfer, TransferKind
 from ledger.engine import TIMEOUT_S_MAX
+from ledger.model import Transfer, TransferKind
 from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, pending_timeouts, transfers
 
 BLOCK_DOMAIN = b"SZHK-LEDGER-BLOCK-v1"
@@ -36,26 +36,31 @@ VERIFY_PAGE_BLOCKS_MAX = 500
 def canonical_transfer_bytes(transfer: Transfer) -> bytes:
     """Every stored field of a transfer, in a fixed layout that changes if any field changes."""
     user_data = b"" if transfer.user_data is None else transfer.user_data.encode()
-    return _TRANSFER.pack(
-        transfer.seq,
-        transfer.id.bytes,
-        int(transfer.kind),
-        transfer.debit_account_id.bytes,
-        transfer.credit_account_id.bytes,
-        transfer.amount_minor,
-        transfer.released_minor,
-        transfer.currency.encode("ascii"),
-        transfer.pending_id is not None,
-        _NO_ID if transfer.pending_id is None else transfer.pending_id.bytes,
-        -1 if transfer.timeout_s is None else transfer.timeout_s,
-        -1 if transfer.expires_at_us is None else transfer.expires_at_us,
-        transfer.linked,
-        transfer.created_at_us,
-    ) + struct.pack(">BH", transfer.user_data is not None, len(user_data)) + user_data
+    return (
+        _TRANSFER.pack(
+            transfer.seq,
+            transfer.id.bytes,
+            int(transfer.kind),
+            transfer.debit_account_id.bytes,
+            transfer.credit_account_id.bytes,
+            transfer.amount_minor,
+            transfer.released_minor,
+            transfer.currency.encode("ascii"),
+            transfer.pending_id is not None,
+            _NO_ID if transfer.pending_id is None else transfer.pending_id.bytes,
+            -1 if transfer.timeout_s is None else transfer.timeout_s,
+            -1 if transfer.expires_at_us is None else transfer.expires_at_us,
+            transfer.linked,
+            transfer.created_at_us,
+        )
+        + struct.pack(">BH", transfer.user_data is not None, len(user_data))
+        + user_data
+    )
 
 
-def block_hash(prev_hash: bytes, sequence: int, first_transfer_seq: int, created_at_us: int,
-               batch: list[Transfer]) -> bytes:
+def block_hash(
+    prev_hash: bytes, sequence: int, first_transfer_seq: int, created_at_us: int, batch: list[Transfer]
+) -> bytes:
     digest = hashlib.sha256(prev_hash)
     digest.update(BLOCK_DOMAIN)
     digest.update(_HEADER.pack(sequence, first_transfer_seq, len(batch), created_at_us))
@@ -74,8 +79,14 @@ class JournalBlock:
     created_at_us: int
 
 
-def seal_block(signing_key: SigningKey, prev_hash: bytes, sequence: int, first_transfer_seq: int,
-               created_at_us: int, batch: list[Transfer]) -> JournalBlock:
+def seal_block(
+    signing_key: SigningKey,
+    prev_hash: bytes,
+    sequence: int,
+    first_transfer_seq: int,
+    created_at_us: int,
+    batch: list[Transfer],
+) -> JournalBlock:
     digest = block_hash(prev_hash, sequence, first_transfer_seq, created_at_us, batch)
     signature = signing_key.sign(digest).signature
     return JournalBlock(sequence, prev_hash, digest, signature, first_transfer_seq, len(batch), created_at_us)
@@ -83,11 +94,20 @@ def seal_block(signing_key: SigningKey, prev_hash: bytes, sequence: int, first_t
 
 def transfer_from_row(row: sa.Row) -> Transfer:
     return Transfer(
-        id=row.id, kind=TransferKind(row.kind), debit_account_id=row.debit_account_id,
-        credit_account_id=row.credit_account_id, amount_minor=row.amount_minor,
-        released_minor=row.released_minor, currency=row.currency, pending_id=row.pending_id,
-        timeout_s=row.timeout_s, expires_at_us=row.expires_at_us, linked=bool(row.linked),
-        user_data=row.user_data, created_at_us=row.created_at_us, seq=row.seq,
+        id=row.id,
+        kind=TransferKind(row.kind),
+        debit_account_id=row.debit_account_id,
+        credit_account_id=row.credit_account_id,
+        amount_minor=row.amount_minor,
+        released_minor=row.released_minor,
+        currency=row.currency,
+        pending_id=row.pending_id,
+        timeout_s=row.timeout_s,
+        expires_at_us=row.expires_at_us,
+        linked=bool(row.linked),
+        user_data=row.user_data,
+        created_at_us=row.created_at_us,
+        seq=row.seq,
     )
 
 
@@ -157,14 +177,19 @@ async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey, anchors: Sequ
         if beyond and report.first_bad_block is None:
             report.problems.append(
                 f"the chain ends at block {report.blocks_checked}, but block {max(beyond)} was recorded "
-                "outside the ledger: blocks were removed, or the database was restored from an older copy")
-        if report.ok and (report.blocks_checked != head.sequence or (
-                report.blocks_checked and head.hash != report.last_hash)):
+                "outside the ledger: blocks were removed, or the database was restored from an older copy"
+            )
+        if report.ok and (
+            report.blocks_checked != head.sequence or (report.blocks_checked and head.hash != report.last_hash)
+        ):
             report.problems.append(
-                f"journal head says block {head.sequence}, the chain ends at block {report.blocks_checked}")
+                f"journal head says block {head.sequence}, the chain ends at block {report.blocks_checked}"
+            )
         if report.ok and head.last_transfer_seq != report.transfers_checked:
-            report.problems.append(f"journal head says the last transfer is {head.last_transfer_seq}, "
-                                   f"the chain's is {report.transfers_checked}")
+            report.problems.append(
+                f"journal head says the last transfer is {head.last_transfer_seq}, "
+                f"the chain's is {report.transfers_checked}"
+            )
         if report.ok:
             # The blocks hold transfers 1..N, each range complete: any other row lies outside
             # every block (seq beyond N, or zero and below) and was never sealed.
@@ -225,31 +250,50 @@ def _transfer_problem(transfer: Transfer) -> str | None:
     return None
 
 
-async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, totals: dict[UUID, list[int]],
-                         anchors: dict[int, set[bytes]], replay: _Replay) -> None:
+async def _verify_blocks(
+    conn,
+    verify_key: VerifyKey,
+    report: AuditReport,
+    totals: dict[UUID, list[int]],
+    anchors: dict[int, set[bytes]],
+    replay: _Replay,
+) -> None:
     prev_hash = GENESIS_HASH
     expected_seq = 1
     last_sequence = 0
     while True:
-        blocks = (await conn.execute(
-            sa.select(journal_blocks).where(journal_blocks.c.sequence > last_sequence)
-            .order_by(journal_blocks.c.sequence).limit(VERIFY_PAGE_BLOCKS_MAX))).all()
+        blocks = (
+            await conn.execute(
+                sa.select(journal_blocks)
+                .where(journal_blocks.c.sequence > last_sequence)
+                .order_by(journal_blocks.c.sequence)
+                .limit(VERIFY_PAGE_BLOCKS_MAX)
+            )
+        ).all()
         if not blocks:
             return
         first = blocks[0].first_transfer_seq
         last = blocks[-1].first_transfer_seq + blocks[-1].transfer_count - 1
-        rows = (await conn.execute(
-            sa.select(transfers).where(transfers.c.seq.between(first, last)).order_by(transfers.c.seq))).all()
+        rows = (
+            await conn.execute(
+                sa.select(transfers).where(transfers.c.seq.between(first, last)).order_by(transfers.c.seq)
+            )
+        ).all()
         stored = [transfer_from_row(row) for row in rows]
         by_seq = {transfer.seq: transfer for transfer in stored}
         for block in blocks:
             last_sequence = block.sequence
-            batch = [by_seq[seq] for seq in range(block.first_transfer_seq, block.first_transfer_seq + block.transfer_count)
-                     if seq in by_seq]
+            batch = [
+                by_seq[seq]
+                for seq in range(block.first_transfer_seq, block.first_transfer_seq + block.transfer_count)
+                if seq in by_seq
+            ]
             problem = _block_problem(block, batch, prev_hash, expected_seq, report.blocks_checked + 1, verify_key)
             if problem is None and anchors.get(block.sequence, {block.hash}) != {block.hash}:
-                problem = (f"block {block.sequence}: its hash is not the one recorded outside the ledger "
-                           "(the history up to it was rewritten and sealed again)")
+                problem = (
+                    f"block {block.sequence}: its hash is not the one recorded outside the ledger "
+                    "(the history up to it was rewritten and sealed again)"
+                )
             for transfer in batch if problem is None else ():
                 found = _transfer_problem(transfer) or replay.add(transfer)
                 if found is not None:
@@ -268,16 +312,19 @@ async def _verify_blocks(conn, verify_key: VerifyKey, report: AuditReport, total
             report.last_hash = block.hash
 
 
-def _block_problem(block, batch: list[Transfer], prev_hash: bytes, expected_seq: int, expected_sequence: int,
-                   verify_key: VerifyKey) -> str | None:
+def _block_problem(
+    block, batch: list[Transfer], prev_hash: bytes, expected_seq: int, expected_sequence: int, verify_key: VerifyKey
+) -> str | None:
     if block.sequence != expected_sequence:
         return f"block {block.sequence}: expected block {expected_sequence} (a block is missing)"
     if block.prev_hash != prev_hash:
         return f"block {block.sequence}: does not chain onto the previous block's hash"
     if block.first_transfer_seq != expected_seq or len(batch) != block.transfer_count:
-        return (f"block {block.sequence}: holds transfers {block.first_transfer_seq}.."
-                f"{block.first_transfer_seq + block.transfer_count - 1}, found {len(batch)} of them "
-                f"(expected to start at {expected_seq})")
+        return (
+            f"block {block.sequence}: holds transfers {block.first_transfer_seq}.."
+            f"{block.first_transfer_seq + block.transfer_count - 1}, found {len(batch)} of them "
+            f"(expected to start at {expected_seq})"
+        )
     digest = block_hash(prev_hash, block.sequence, block.first_transfer_seq, block.created_at_us, batch)
     if digest != block.hash:
         return f"block {block.sequence}: its transfers do not hash to the sealed hash (a stored transfer was changed)"
@@ -295,8 +342,10 @@ async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
     missing = [hold for hold in replay.open_timeouts if hold not in rows]
     wrong = [hold for hold, due in rows.items() if replay.open_timeouts.get(hold) != due]
     if missing:
-        report.problems.append(f"{len(missing)} open holds with a timeout are missing from pending_timeouts "
-                               f"(they would never expire), e.g. {missing[0]}")
+        report.problems.append(
+            f"{len(missing)} open holds with a timeout are missing from pending_timeouts "
+            f"(they would never expire), e.g. {missing[0]}"
+        )
     if wrong:
         report.problems.append(f"{len(wrong)} pending_timeouts rows match no open hold and its expiry, e.g. {wrong[0]}")
 
@@ -304,12 +353,21 @@ async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
 async def _verify_sqlite_id_text(conn, report: AuditReport) -> None:
     """SQLite keeps ids as text; the ledger writes 32 lower-case hex digits. Another spelling
     parses to the same UUID (so the hash holds) but escapes lookups and the unique index."""
-    checks = [("transfers", "id"), ("transfers", "debit_account_id"), ("transfers", "credit_account_id"),
-              ("transfers", "pending_id"), ("accounts", "id"), ("pending_timeouts", "transfer_id")]
+    checks = [
+        ("transfers", "id"),
+        ("transfers", "debit_account_id"),
+        ("transfers", "credit_account_id"),
+        ("transfers", "pending_id"),
+        ("accounts", "id"),
+        ("pending_timeouts", "transfer_id"),
+    ]
     for table, column in checks:
-        bad = (await conn.exec_driver_sql(
-            f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL AND "
-            f"(length({column}) <> 32 OR {column} <> lower({column}) OR {column} GLOB '*[^0-9a-f]*')")).scalar_one()
+        bad = (
+            await conn.exec_driver_sql(
+                f"SELECT count(*) FROM {table} WHERE {column} IS NOT NULL AND "
+                f"(length({column}) <> 32 OR {column} <> lower({column}) OR {column} GLOB '*[^0-9a-f]*')"
+            )
+        ).scalar_one()
         if bad:
             report.problems.append(f"{bad} {table}.{column} values are not ids as the ledger writes them")
 
@@ -341,7 +399,9 @@ async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[in
             report.first_bad_account = row.id
             differing = ", ".join(
                 f"{name} stored {have} but transfers give {want}"
-                for name, have, want in zip(_BALANCE_COLUMNS, stored, expected) if have != want)
+                for name, have, want in zip(_BALANCE_COLUMNS, stored, expected)
+                if have != want
+            )
             report.problems.append(f"account {row.id}: {differing}")
     unknown = set(totals) - seen
     if unknown:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
 from ledger.errors import (
@@ -52,9 +52,16 @@ class Batcher:
     """The per-process write path in front of a :class:`Ledger`. Use as an async context manager
     or call :meth:`start` and :meth:`close`."""
 
-    def __init__(self, ledger: Ledger, *, batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
-                 batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT, queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
-                 expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT, writers: int | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        batch_size_max: int = BATCH_SIZE_MAX_DEFAULT,
+        batch_wait_ms: float = BATCH_WAIT_MS_DEFAULT,
+        queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
+        expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT,
+        writers: int | None = None,
+    ) -> None:
         if writers is None:
             # One writer: measured on PostgreSQL, two writers splitting the queue cost more per
             # transfer (twice the batches, each paying BEGIN/commit/head) than their overlap won,
@@ -104,8 +111,9 @@ class Batcher:
         if not self._writer_tasks:
             loop = asyncio.get_running_loop()
             self._next_expiry = time.monotonic() + (self.expiry_interval_s or 0)
-            self._writer_tasks = [loop.create_task(self._run(index), name=f"ledger-batcher-{index}")
-                                  for index in range(self.writers)]
+            self._writer_tasks = [
+                loop.create_task(self._run(index), name=f"ledger-batcher-{index}") for index in range(self.writers)
+            ]
 
     async def submit(self, command: TransferCommand) -> TransferResult:
         """Apply one command; returns once its batch is committed (or raises, committing nothing)."""
@@ -125,11 +133,13 @@ class Batcher:
         check_commands(commands)  # here, so that a foreign object fails its caller, not a shared batch
         if commands[-1].linked is True:
             # A chain left open here would run on into another caller's commands.
-            return ([TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in commands[:-1]]
-                    + [TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN)])
+            return [TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in commands[:-1]] + [
+                TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN)
+            ]
         if self._queued + len(commands) > self.queue_depth_max:
             raise LedgerOverloaded(
-                f"{self._queued} transfers are already waiting (at most {self.queue_depth_max}); retry shortly")
+                f"{self._queued} transfers are already waiting (at most {self.queue_depth_max}); retry shortly"
+            )
         if not self._writer_tasks:
             raise RuntimeError("Batcher.start() was not called")
         future = asyncio.get_running_loop().create_future()
@@ -164,8 +174,13 @@ class Batcher:
             in_flight, queued, self._queue = self._taken.pop(index, []), list(self._queue), deque()
             self._queued = 0
             # The batch in flight may have reached its COMMIT: its callers must resubmit to learn.
-            self._fail(in_flight, LedgerOutcomeUnknown(
-                f"the ledger's writer stopped during this batch ({error!r}); resubmit the same ids to learn each outcome"))
+            self._fail(
+                in_flight,
+                LedgerOutcomeUnknown(
+                    f"the ledger's writer stopped during this batch ({error!r}); "
+                    "resubmit the same ids to learn each outcome"
+                ),
+            )
             self._fail(queued, LedgerUnavailable(f"the ledger's writer stopped: {error!r}"))
             raise
 
@@ -254,8 +269,9 @@ class Batcher:
             return
         except Exception as error:  # a bug: nobody may wait forever
             log.exception("batch of %d commands failed", len(commands))
-            self._fail(items, LedgerUnavailable(
-                f"the batch failed ({error!r}); resubmit the same ids to learn each outcome"))
+            self._fail(
+                items, LedgerUnavailable(f"the batch failed ({error!r}); resubmit the same ids to learn each outcome")
+            )
             return
         self.batches_committed += 1
         self.batch_sizes_max_seen = max(self.batch_sizes_max_seen, len(commands))

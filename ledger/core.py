@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import logging
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -37,8 +37,8 @@ from ledger.errors import (
     InvariantViolation,
     LedgerKeyMismatch,
     LedgerOutcomeUnknown,
-    ResultCode,
     LedgerUnavailable,
+    ResultCode,
     UnknownCurrency,
 )
 from ledger.ids import now_us, uuid7
@@ -75,11 +75,15 @@ STATEMENT_PAGE_DEFAULT = 50
 ACCOUNT_KIND_LENGTH_MAX = 32  # the columns' sizes in ledger.schema
 OWNER_REF_LENGTH_MAX = 128
 # Expiry answers meaning the hold is resolved already, or was never a hold: its due row is dropped.
-_NEVER_EXPIRES = frozenset({
-    ResultCode.PENDING_TRANSFER_NOT_FOUND, ResultCode.PENDING_TRANSFER_NOT_PENDING,
-    ResultCode.PENDING_TRANSFER_ALREADY_POSTED, ResultCode.PENDING_TRANSFER_ALREADY_VOIDED,
-    ResultCode.PENDING_TRANSFER_EXPIRED,
-})
+_NEVER_EXPIRES = frozenset(
+    {
+        ResultCode.PENDING_TRANSFER_NOT_FOUND,
+        ResultCode.PENDING_TRANSFER_NOT_PENDING,
+        ResultCode.PENDING_TRANSFER_ALREADY_POSTED,
+        ResultCode.PENDING_TRANSFER_ALREADY_VOIDED,
+        ResultCode.PENDING_TRANSFER_EXPIRED,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -182,28 +186,44 @@ class Ledger:
                 self._note_retry("account id inserted concurrently")
         raise AssertionError("unreachable")
 
-    async def _create_accounts_once(self, specs: Sequence[AccountSpec], well_formed_specs: list[bool],
-                                    known_currencies: dict[str, Currency]) -> list[AccountResult]:
+    async def _create_accounts_once(
+        self, specs: Sequence[AccountSpec], well_formed_specs: list[bool], known_currencies: dict[str, Currency]
+    ) -> list[AccountResult]:
         results: list[AccountResult] = []
         async with self.engine.begin() as conn:
             existing = await self._accounts_by_id(conn, [spec.id for spec, ok in zip(specs, well_formed_specs) if ok])
             created_at_us = self.clock()
             rows: list[dict] = []
             for spec, ok in zip(specs, well_formed_specs):
-                results.append(self._new_account(spec, existing, known_currencies, created_at_us, rows) if ok
-                               else AccountResult(AccountResultCode.INVALID_ACCOUNT))
+                results.append(
+                    self._new_account(spec, existing, known_currencies, created_at_us, rows)
+                    if ok
+                    else AccountResult(AccountResultCode.INVALID_ACCOUNT)
+                )
             if rows:
                 await conn.execute(accounts.insert(), rows)
         return results
 
     @staticmethod
-    def _new_account(spec: AccountSpec, existing: dict[UUID, Account], known_currencies: dict[str, Currency],
-                     created_at_us: int, rows: list[dict]) -> AccountResult:
+    def _new_account(
+        spec: AccountSpec,
+        existing: dict[UUID, Account],
+        known_currencies: dict[str, Currency],
+        created_at_us: int,
+        rows: list[dict],
+    ) -> AccountResult:
         found = existing.get(spec.id)
         if found is not None:
-            same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == \
-                (spec.currency, spec.kind, spec.owner_ref, AccountFlags(spec.flags), spec.limits)
-            return AccountResult(AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found)
+            same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == (
+                spec.currency,
+                spec.kind,
+                spec.owner_ref,
+                AccountFlags(spec.flags),
+                spec.limits,
+            )
+            return AccountResult(
+                AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found
+            )
         if spec.currency not in known_currencies:
             return AccountResult(AccountResultCode.CURRENCY_NOT_FOUND)
         flags = AccountFlags(spec.flags)
@@ -211,12 +231,39 @@ class Ledger:
             return AccountResult(AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE)
         if spec.limits.problems():
             return AccountResult(AccountResultCode.INVALID_LIMIT)
-        rows.append(dict(id=spec.id, currency=spec.currency, kind=spec.kind, owner_ref=spec.owner_ref, flags=int(flags),
-                         status=int(AccountStatus.OPEN), created_at_us=created_at_us, debits_posted=0,
-                         credits_posted=0, debits_pending=0, credits_pending=0, debit_day=0, debits_day_minor=0,
-                         debit_year=0, debits_year_minor=0, **_limit_columns(spec.limits)))
-        account = Account(spec.id, spec.currency, spec.kind, spec.owner_ref, flags, AccountStatus.OPEN, spec.limits,
-                          Balances(), 0, 0, created_at_us)
+        rows.append(
+            dict(
+                id=spec.id,
+                currency=spec.currency,
+                kind=spec.kind,
+                owner_ref=spec.owner_ref,
+                flags=int(flags),
+                status=int(AccountStatus.OPEN),
+                created_at_us=created_at_us,
+                debits_posted=0,
+                credits_posted=0,
+                debits_pending=0,
+                credits_pending=0,
+                debit_day=0,
+                debits_day_minor=0,
+                debit_year=0,
+                debits_year_minor=0,
+                **_limit_columns(spec.limits),
+            )
+        )
+        account = Account(
+            spec.id,
+            spec.currency,
+            spec.kind,
+            spec.owner_ref,
+            flags,
+            AccountStatus.OPEN,
+            spec.limits,
+            Balances(),
+            0,
+            0,
+            created_at_us,
+        )
         existing[spec.id] = account
         return AccountResult(AccountResultCode.OK, account)
 
@@ -270,7 +317,7 @@ class Ledger:
         found: dict[UUID, Account] = {}
         today = business_day_and_year(self.clock())
         for start in range(0, len(ids), 500):
-            rows = await conn.execute(sa.select(accounts).where(accounts.c.id.in_(ids[start:start + 500])))
+            rows = await conn.execute(sa.select(accounts).where(accounts.c.id.in_(ids[start : start + 500])))
             found.update((row.id, _account_from_row(row, today)) for row in rows)
         return found
 
@@ -322,7 +369,9 @@ class Ledger:
         self.stats.retry_reasons[reason] = self.stats.retry_reasons.get(reason, 0) + 1
         log.info("retrying batch after %s", reason)
 
-    async def _submit_once(self, commands: list[TransferCommand], usable: list[TransferCommand]) -> list[TransferResult]:
+    async def _submit_once(
+        self, commands: list[TransferCommand], usable: list[TransferCommand]
+    ) -> list[TransferResult]:
         store = self._store
         ids = {command.id for command in usable}
         pending_ids = {command.pending_id for command in usable if command.pending_id is not None}
@@ -375,18 +424,29 @@ class Ledger:
         """
         now = self.clock()
         async with self._reading() as conn:
-            due = (await conn.execute(
-                sa.select(pending_timeouts.c.transfer_id).where(pending_timeouts.c.expires_at_us <= now)
-                .order_by(pending_timeouts.c.expires_at_us).limit(min(limit, BATCH_SIZE_MAX)))).scalars().all()
+            due = (
+                (
+                    await conn.execute(
+                        sa.select(pending_timeouts.c.transfer_id)
+                        .where(pending_timeouts.c.expires_at_us <= now)
+                        .order_by(pending_timeouts.c.expires_at_us)
+                        .limit(min(limit, BATCH_SIZE_MAX))
+                    )
+                )
+                .scalars()
+                .all()
+            )
         if not due:
             return 0
         commands = [TransferCommand(uuid7(), TransferKind.EXPIRE_PENDING, pending_id=pending_id) for pending_id in due]
         results = await self.submit(commands)
-        stuck = {pending_id: result.code for pending_id, result in zip(due, results)
-                 if result.code in _NEVER_EXPIRES}
+        stuck = {pending_id: result.code for pending_id, result in zip(due, results) if result.code in _NEVER_EXPIRES}
         if stuck:
-            log.warning("dropping %d due holds that cannot expire: %s", len(stuck),
-                        ", ".join(f"{pending_id} ({code})" for pending_id, code in list(stuck.items())[:10]))
+            log.warning(
+                "dropping %d due holds that cannot expire: %s",
+                len(stuck),
+                ", ".join(f"{pending_id} ({code})" for pending_id, code in list(stuck.items())[:10]),
+            )
             async with self.engine.begin() as conn:
                 await conn.execute(pending_timeouts.delete().where(pending_timeouts.c.transfer_id.in_(list(stuck))))
         return sum(1 for result in results if result.ok)
@@ -399,11 +459,14 @@ class Ledger:
     async def pending_status(self, pending_id: UUID) -> TransferKind | None:
         """How a pending transfer was resolved (post, void, expiry), or None while it is pending."""
         async with self._reading() as conn:
-            kind = (await conn.execute(sa.select(transfers.c.kind).where(transfers.c.pending_id == pending_id))).scalar()
+            kind = (
+                await conn.execute(sa.select(transfers.c.kind).where(transfers.c.pending_id == pending_id))
+            ).scalar()
         return None if kind is None else TransferKind(kind)
 
-    async def statement(self, account_id: UUID, *, limit: int = STATEMENT_PAGE_DEFAULT,
-                        before_seq: int | None = None) -> StatementPage:
+    async def statement(
+        self, account_id: UUID, *, limit: int = STATEMENT_PAGE_DEFAULT, before_seq: int | None = None
+    ) -> StatementPage:
         """The account's transfers, newest first, each with the account's balances right after it.
 
         Balances are walked back from the account's current balances inside one read snapshot, so
@@ -412,9 +475,16 @@ class Ledger:
         if not 1 <= limit <= STATEMENT_PAGE_MAX:
             raise ValueError(f"limit must be between 1 and {STATEMENT_PAGE_MAX}")
         async with self._reading(snapshot=True) as conn:
-            row = (await conn.execute(sa.select(accounts.c.debits_posted, accounts.c.credits_posted,
-                                                accounts.c.debits_pending, accounts.c.credits_pending)
-                                      .where(accounts.c.id == account_id))).first()
+            row = (
+                await conn.execute(
+                    sa.select(
+                        accounts.c.debits_posted,
+                        accounts.c.credits_posted,
+                        accounts.c.debits_pending,
+                        accounts.c.credits_pending,
+                    ).where(accounts.c.id == account_id)
+                )
+            ).first()
             if row is None:
                 return StatementPage([], None)
             balance = list(row)
@@ -427,14 +497,18 @@ class Ledger:
             page = await self._account_transfers(conn, account_id, before_seq=before_seq, limit=limit + 1)
         lines: list[StatementLine] = []
         for transfer in page[:limit]:
-            lines.append(StatementLine(transfer, "debit" if transfer.debit_account_id == account_id else "credit",
-                                       Balances(*balance)))
+            lines.append(
+                StatementLine(
+                    transfer, "debit" if transfer.debit_account_id == account_id else "credit", Balances(*balance)
+                )
+            )
             _undo_effect(balance, transfer, account_id)
         next_cursor = page[limit - 1].seq if len(page) > limit else None
         return StatementPage(lines, next_cursor)
 
-    async def _account_transfers(self, conn: AsyncConnection, account_id: UUID, *, before_seq: int | None,
-                                 limit: int) -> list[Transfer]:
+    async def _account_transfers(
+        self, conn: AsyncConnection, account_id: UUID, *, before_seq: int | None, limit: int
+    ) -> list[Transfer]:
         found: dict[int, Transfer] = {}
         for column in (transfers.c.debit_account_id, transfers.c.credit_account_id):
             query = sa.select(transfers).where(column == account_id).order_by(transfers.c.seq.desc()).limit(limit)
@@ -447,16 +521,32 @@ class Ledger:
     async def _effects_since(conn: AsyncConnection, account_id: UUID, since_seq: int) -> dict[int, tuple[int, int]]:
         """The summed posted and pending effect on the account of its transfers from ``since_seq``
         on, keyed 0 for its debit side and 1 for its credit side."""
-        posted = sa.func.coalesce(sa.func.sum(sa.case(
-            (transfers.c.kind.in_((int(TransferKind.POSTED), int(TransferKind.POST_PENDING))), transfers.c.amount_minor),
-            else_=0)), 0)
-        pending = sa.func.coalesce(sa.func.sum(sa.case(
-            (transfers.c.kind == int(TransferKind.PENDING), transfers.c.amount_minor),
-            else_=-transfers.c.released_minor)), 0)
+        posted = sa.func.coalesce(
+            sa.func.sum(
+                sa.case(
+                    (
+                        transfers.c.kind.in_((int(TransferKind.POSTED), int(TransferKind.POST_PENDING))),
+                        transfers.c.amount_minor,
+                    ),
+                    else_=0,
+                )
+            ),
+            0,
+        )
+        pending = sa.func.coalesce(
+            sa.func.sum(
+                sa.case(
+                    (transfers.c.kind == int(TransferKind.PENDING), transfers.c.amount_minor),
+                    else_=-transfers.c.released_minor,
+                )
+            ),
+            0,
+        )
         effects = {}
         for side, column in enumerate((transfers.c.debit_account_id, transfers.c.credit_account_id)):
-            row = (await conn.execute(sa.select(posted, pending).where(column == account_id,
-                                                                     transfers.c.seq >= since_seq))).one()
+            row = (
+                await conn.execute(sa.select(posted, pending).where(column == account_id, transfers.c.seq >= since_seq))
+            ).one()
             effects[side] = (int(row[0]), int(row[1]))
         return effects
 
@@ -471,13 +561,22 @@ class Ledger:
         """The newest journal block with its signature (what ``GET /v1/audit/head`` serves beside
         the ledger's public key), or None before the first batch."""
         async with self._reading() as conn:
-            row = (await conn.execute(
-                sa.select(journal_blocks).join(journal_head, journal_blocks.c.sequence == journal_head.c.sequence)
-            )).first()
+            row = (
+                await conn.execute(
+                    sa.select(journal_blocks).join(journal_head, journal_blocks.c.sequence == journal_head.c.sequence)
+                )
+            ).first()
         if row is None:
             return None
-        return JournalBlock(row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature),
-                            row.first_transfer_seq, row.transfer_count, row.created_at_us)
+        return JournalBlock(
+            row.sequence,
+            bytes(row.prev_hash),
+            bytes(row.hash),
+            bytes(row.signature),
+            row.first_transfer_seq,
+            row.transfer_count,
+            row.created_at_us,
+        )
 
     async def check_signing_key(self) -> None:
         """Raise :class:`LedgerKeyMismatch` unless this ledger's key signed the chain's newest
@@ -491,7 +590,8 @@ class Ledger:
             except BadSignatureError:
                 raise LedgerKeyMismatch(
                     f"this ledger's signing key did not sign block {block.sequence}, the chain's newest; "
-                    "open the ledger with the key that signed the chain") from None
+                    "open the ledger with the key that signed the chain"
+                ) from None
         self._key_checked = True
 
     async def verify_audit(self, verify_key: VerifyKey | None = None, anchors: Sequence[Anchor] = ()) -> AuditReport:
@@ -513,18 +613,26 @@ _KNOWN_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CR
 def _spec_well_formed(spec: AccountSpec) -> bool:
     """Whether every field of an account spec has a type and size the accounts table stores, so
     that a malformed spec is answered invalid_account instead of failing its whole call."""
-    return (isinstance(spec.id, UUID) and type(spec.currency) is str and isinstance(spec.limits, Limits)
-            and isinstance(spec.flags, int) and not isinstance(spec.flags, bool) and 0 <= spec.flags
-            and not spec.flags & ~_KNOWN_FLAGS
-            and bool(spec.kind) and storable_text(spec.kind, ACCOUNT_KIND_LENGTH_MAX)
-            and (spec.owner_ref is None or storable_text(spec.owner_ref, OWNER_REF_LENGTH_MAX)))
+    return (
+        isinstance(spec.id, UUID)
+        and type(spec.currency) is str
+        and isinstance(spec.limits, Limits)
+        and isinstance(spec.flags, int)
+        and not isinstance(spec.flags, bool)
+        and 0 <= spec.flags
+        and not spec.flags & ~_KNOWN_FLAGS
+        and bool(spec.kind)
+        and storable_text(spec.kind, ACCOUNT_KIND_LENGTH_MAX)
+        and (spec.owner_ref is None or storable_text(spec.owner_ref, OWNER_REF_LENGTH_MAX))
+    )
 
 
 def _unavailable(reason: str, commit_may_have_landed: bool) -> LedgerUnavailable:
     if commit_may_have_landed:
         return LedgerOutcomeUnknown(
             f"the batch may or may not be committed (a connection died during its COMMIT, then {reason}); "
-            "resubmit the same ids to learn each outcome")
+            "resubmit the same ids to learn each outcome"
+        )
     return LedgerUnavailable(f"the batch was not committed: {reason}")
 
 
@@ -551,8 +659,12 @@ def _undo_effect(balance: list[int], transfer: Transfer, account_id: UUID) -> No
 
 
 def _limit_columns(limits: Limits) -> dict[str, int | None]:
-    return dict(balance_cap_minor=limits.balance_cap_minor, transfer_cap_minor=limits.transfer_cap_minor,
-                daily_debit_cap_minor=limits.daily_debit_cap_minor, annual_debit_cap_minor=limits.annual_debit_cap_minor)
+    return dict(
+        balance_cap_minor=limits.balance_cap_minor,
+        transfer_cap_minor=limits.transfer_cap_minor,
+        daily_debit_cap_minor=limits.daily_debit_cap_minor,
+        annual_debit_cap_minor=limits.annual_debit_cap_minor,
+    )
 
 
 def _account_from_row(row: sa.Row, today: tuple[int, int]) -> Account:
@@ -560,10 +672,15 @@ def _account_from_row(row: sa.Row, today: tuple[int, int]) -> Account:
     or year reads 0, as the next debit will find it."""
     day, year = today
     return Account(
-        id=row.id, currency=row.currency, kind=row.kind, owner_ref=row.owner_ref, flags=AccountFlags(row.flags),
+        id=row.id,
+        currency=row.currency,
+        kind=row.kind,
+        owner_ref=row.owner_ref,
+        flags=AccountFlags(row.flags),
         status=AccountStatus(row.status),
-        limits=Limits(row.balance_cap_minor, row.transfer_cap_minor, row.daily_debit_cap_minor,
-                      row.annual_debit_cap_minor),
+        limits=Limits(
+            row.balance_cap_minor, row.transfer_cap_minor, row.daily_debit_cap_minor, row.annual_debit_cap_minor
+        ),
         balances=Balances(row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending),
         debits_day_minor=row.debits_day_minor if row.debit_day >= day else 0,
         debits_year_minor=row.debits_year_minor if row.debit_year >= year else 0,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from alembic import command
 from alembic.config import Config
@@ -57,10 +57,13 @@ def create_engine(url: str, **engine_options) -> AsyncEngine:
 def async_url(url: str) -> str:
     """The URL with the driver the ledger uses: an operator's plain ``postgresql://…`` would
     otherwise ask SQLAlchemy for psycopg, which is not installed."""
-    for plain, driver in (("postgresql://", "postgresql+asyncpg://"), ("postgres://", "postgresql+asyncpg://"),
-                          ("sqlite://", "sqlite+aiosqlite://")):
+    for plain, driver in (
+        ("postgresql://", "postgresql+asyncpg://"),
+        ("postgres://", "postgresql+asyncpg://"),
+        ("sqlite://", "sqlite+aiosqlite://"),
+    ):
         if url.startswith(plain):
-            return driver + url[len(plain):]
+            return driver + url[len(plain) :]
     return url
 
 

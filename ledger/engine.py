@@ -8,9 +8,9 @@ rules are tested directly and the hot path pays no I/O per transfer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Iterable
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -68,18 +68,34 @@ class AccountState:
     touched: bool = False
 
     def snapshot(self) -> tuple[int, ...]:
-        return (self.debits_posted, self.credits_posted, self.debits_pending, self.credits_pending,
-                self.debit_day, self.debits_day_minor, self.debit_year, self.debits_year_minor)
+        return (
+            self.debits_posted,
+            self.credits_posted,
+            self.debits_pending,
+            self.credits_pending,
+            self.debit_day,
+            self.debits_day_minor,
+            self.debit_year,
+            self.debits_year_minor,
+        )
 
     def restore(self, saved: tuple[int, ...]) -> None:
-        (self.debits_posted, self.credits_posted, self.debits_pending, self.credits_pending,
-         self.debit_day, self.debits_day_minor, self.debit_year, self.debits_year_minor) = saved
+        (
+            self.debits_posted,
+            self.credits_posted,
+            self.debits_pending,
+            self.credits_pending,
+            self.debit_day,
+            self.debits_day_minor,
+            self.debit_year,
+            self.debits_year_minor,
+        ) = saved
 
 
 class _Undo:
     """What a linked chain changed, so that a failure inside it can put everything back."""
 
-    __slots__ = ("accounts", "ids", "resolved", "new_count")
+    __slots__ = ("accounts", "ids", "new_count", "resolved")
 
     def __init__(self, new_count: int) -> None:
         self.accounts: dict[UUID, tuple[AccountState, tuple[int, ...]]] = {}
@@ -100,8 +116,13 @@ class BatchEngine:
     resolving transfer. Both grow as the batch commits transfers in memory.
     """
 
-    def __init__(self, accounts: dict[UUID, AccountState], known: dict[UUID, Transfer],
-                 resolved: dict[UUID, TransferKind], now_us: int) -> None:
+    def __init__(
+        self,
+        accounts: dict[UUID, AccountState],
+        known: dict[UUID, Transfer],
+        resolved: dict[UUID, TransferKind],
+        now_us: int,
+    ) -> None:
         self.accounts = accounts
         self.known = known
         self.resolved = resolved
@@ -127,7 +148,7 @@ class BatchEngine:
                 results.extend(TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in range(index, count - 1))
                 results.append(TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN))
                 break
-            results.extend(self._apply_chain(commands[index:end + 1]))
+            results.extend(self._apply_chain(commands[index : end + 1]))
             index = end + 1
         return results
 
@@ -151,11 +172,13 @@ class BatchEngine:
             del self.known[transfer_id]
         for pending_id in undo.resolved:
             del self.resolved[pending_id]
-        del self.new_transfers[undo.new_count:]
+        del self.new_transfers[undo.new_count :]
 
     def _apply_one(self, command: TransferCommand, undo: _Undo | None) -> TransferResult:
         if not well_formed(command):
-            return TransferResult(ResultCode.INVALID_AMOUNT if _amount_malformed(command) else ResultCode.INVALID_COMMAND)
+            return TransferResult(
+                ResultCode.INVALID_AMOUNT if _amount_malformed(command) else ResultCode.INVALID_COMMAND
+            )
         existing = self.known.get(command.id)
         if existing is not None:
             if _same_fields(command, existing):
@@ -197,14 +220,21 @@ class BatchEngine:
             return ResultCode.CURRENCY_MISMATCH
         if debit.transfer_cap_minor is not None and amount > debit.transfer_cap_minor:
             return ResultCode.TRANSFER_CAP_EXCEEDED
-        if (debit.flags & _DEBITS_MUST_NOT_EXCEED_CREDITS
-                and debit.debits_posted + debit.debits_pending + amount > debit.credits_posted):
+        if (
+            debit.flags & _DEBITS_MUST_NOT_EXCEED_CREDITS
+            and debit.debits_posted + debit.debits_pending + amount > debit.credits_posted
+        ):
             return ResultCode.INSUFFICIENT_FUNDS
-        if (credit.flags & _CREDITS_MUST_NOT_EXCEED_DEBITS
-                and credit.credits_posted + credit.credits_pending + amount > credit.debits_posted):
+        if (
+            credit.flags & _CREDITS_MUST_NOT_EXCEED_DEBITS
+            and credit.credits_posted + credit.credits_pending + amount > credit.debits_posted
+        ):
             return ResultCode.CREDITS_EXCEED_DEBITS
-        if (credit.balance_cap_minor is not None and
-                credit.credits_posted + credit.credits_pending + amount - credit.debits_posted > credit.balance_cap_minor):
+        if (
+            credit.balance_cap_minor is not None
+            and credit.credits_posted + credit.credits_pending + amount - credit.debits_posted
+            > credit.balance_cap_minor
+        ):
             return ResultCode.BALANCE_CAP_EXCEEDED
         # ">=": a process whose clock lags another's must not reopen a day the other has closed.
         if debit.daily_debit_cap_minor is not None:
@@ -215,8 +245,10 @@ class BatchEngine:
             spent_this_year = debit.debits_year_minor if debit.debit_year >= self.year else 0
             if spent_this_year + amount > debit.annual_debit_cap_minor:
                 return ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
-        if (debit.debits_posted + debit.debits_pending + amount > BIGINT_MAX
-                or credit.credits_posted + credit.credits_pending + amount > BIGINT_MAX):
+        if (
+            debit.debits_posted + debit.debits_pending + amount > BIGINT_MAX
+            or credit.credits_posted + credit.credits_pending + amount > BIGINT_MAX
+        ):
             return ResultCode.OVERFLOW
         return None
 
@@ -237,9 +269,21 @@ class BatchEngine:
             expires_at_us = None if command.timeout_s is None else self.now_us + command.timeout_s * 1_000_000
         self._count_debit(debit, amount)
         debit.touched = credit.touched = True
-        transfer = Transfer(command.id, command.kind, command.debit_account_id, command.credit_account_id, amount, 0,
-                            command.currency, None, command.timeout_s, expires_at_us, command.linked,
-                            command.user_data, self.now_us)
+        transfer = Transfer(
+            command.id,
+            command.kind,
+            command.debit_account_id,
+            command.credit_account_id,
+            amount,
+            0,
+            command.currency,
+            None,
+            command.timeout_s,
+            expires_at_us,
+            command.linked,
+            command.user_data,
+            self.now_us,
+        )
         self._remember(transfer, undo)
         return transfer
 
@@ -283,9 +327,11 @@ class BatchEngine:
             return TransferResult(ResultCode.PENDING_TRANSFER_NOT_FOUND)
         if pending.kind is not _PENDING:
             return TransferResult(ResultCode.PENDING_TRANSFER_NOT_PENDING)
-        if ((command.debit_account_id is not None and command.debit_account_id != pending.debit_account_id)
-                or (command.credit_account_id is not None and command.credit_account_id != pending.credit_account_id)
-                or (command.currency is not None and command.currency != pending.currency)):
+        if (
+            (command.debit_account_id is not None and command.debit_account_id != pending.debit_account_id)
+            or (command.credit_account_id is not None and command.credit_account_id != pending.credit_account_id)
+            or (command.currency is not None and command.currency != pending.currency)
+        ):
             return TransferResult(ResultCode.PENDING_FIELDS_MISMATCH)
         resolution = self.resolved.get(pending.id)
         if resolution is not None:
@@ -322,9 +368,21 @@ class BatchEngine:
         else:
             self._uncount_debit(debit, pending, pending.amount_minor)
         debit.touched = credit.touched = True
-        transfer = Transfer(command.id, kind, pending.debit_account_id, pending.credit_account_id, amount,
-                            pending.amount_minor, pending.currency, pending.id, None, None, command.linked,
-                            command.user_data, self.now_us)
+        transfer = Transfer(
+            command.id,
+            kind,
+            pending.debit_account_id,
+            pending.credit_account_id,
+            amount,
+            pending.amount_minor,
+            pending.currency,
+            pending.id,
+            None,
+            None,
+            command.linked,
+            command.user_data,
+            self.now_us,
+        )
         self._remember(transfer, undo)
         self.resolved[pending.id] = kind
         if undo is not None:
@@ -337,17 +395,21 @@ def _same_fields(command: TransferCommand, stored: Transfer) -> bool:
     if command.kind is not stored.kind or command.linked != stored.linked or command.user_data != stored.user_data:
         return False
     if command.kind is _POSTED or command.kind is _PENDING:
-        return (command.debit_account_id == stored.debit_account_id
-                and command.credit_account_id == stored.credit_account_id
-                and command.amount_minor == stored.amount_minor
-                and command.currency == stored.currency
-                and command.timeout_s == stored.timeout_s)
+        return (
+            command.debit_account_id == stored.debit_account_id
+            and command.credit_account_id == stored.credit_account_id
+            and command.amount_minor == stored.amount_minor
+            and command.currency == stored.currency
+            and command.timeout_s == stored.timeout_s
+        )
     wanted_amount = stored.released_minor if command.amount_minor is None else command.amount_minor
-    return (command.pending_id == stored.pending_id
-            and command.debit_account_id in (None, stored.debit_account_id)
-            and command.credit_account_id in (None, stored.credit_account_id)
-            and command.currency in (None, stored.currency)
-            and (command.kind is not _POST or wanted_amount == stored.amount_minor))
+    return (
+        command.pending_id == stored.pending_id
+        and command.debit_account_id in (None, stored.debit_account_id)
+        and command.credit_account_id in (None, stored.credit_account_id)
+        and command.currency in (None, stored.currency)
+        and (command.kind is not _POST or wanted_amount == stored.amount_minor)
+    )
 
 
 def well_formed(command: TransferCommand) -> bool:
@@ -355,11 +417,17 @@ def well_formed(command: TransferCommand) -> bool:
     databases can hold: at most USER_DATA_LENGTH_MAX characters, UTF-8, no NUL (PostgreSQL
     refuses it). Checked before anything hashes or stores the command, so that a malformed command
     fails alone instead of failing the database statement every other command of its batch shares."""
-    if (not isinstance(command.id, UUID) or type(command.kind) is not TransferKind or type(command.linked) is not bool
-            or not _optional(command.debit_account_id, UUID) or not _optional(command.credit_account_id, UUID)
-            or not _optional(command.pending_id, UUID) or not _optional(command.currency, str)
-            or _amount_malformed(command)
-            or (command.timeout_s is not None and type(command.timeout_s) is not int)):
+    if (
+        not isinstance(command.id, UUID)
+        or type(command.kind) is not TransferKind
+        or type(command.linked) is not bool
+        or not _optional(command.debit_account_id, UUID)
+        or not _optional(command.credit_account_id, UUID)
+        or not _optional(command.pending_id, UUID)
+        or not _optional(command.currency, str)
+        or _amount_malformed(command)
+        or (command.timeout_s is not None and type(command.timeout_s) is not int)
+    ):
         return False
     return command.user_data is None or storable_text(command.user_data, USER_DATA_LENGTH_MAX)
 

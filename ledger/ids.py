@@ -29,7 +29,7 @@ def _random_bytes10() -> bytes:
         if _random_offset + 10 > len(_random_pool):
             _random_pool = os.urandom(10 * _RANDOM_BLOCK_IDS)
             _random_offset = 0
-        chunk = _random_pool[_random_offset:_random_offset + 10]
+        chunk = _random_pool[_random_offset : _random_offset + 10]
         _random_offset += 10
     return chunk
 

@@ -137,27 +137,74 @@ class TransferCommand:
     user_data: str | None = None
 
     @classmethod
-    def posted(cls, id: UUID, debit_account_id: UUID, credit_account_id: UUID, amount_minor: int,
-               currency: str, *, linked: bool = False, user_data: str | None = None) -> TransferCommand:
-        return cls(id, TransferKind.POSTED, debit_account_id, credit_account_id, amount_minor, currency,
-                   linked=linked, user_data=user_data)
+    def posted(
+        cls,
+        id: UUID,
+        debit_account_id: UUID,
+        credit_account_id: UUID,
+        amount_minor: int,
+        currency: str,
+        *,
+        linked: bool = False,
+        user_data: str | None = None,
+    ) -> TransferCommand:
+        return cls(
+            id,
+            TransferKind.POSTED,
+            debit_account_id,
+            credit_account_id,
+            amount_minor,
+            currency,
+            linked=linked,
+            user_data=user_data,
+        )
 
     @classmethod
-    def pending(cls, id: UUID, debit_account_id: UUID, credit_account_id: UUID, amount_minor: int,
-                currency: str, *, timeout_s: int | None = None, linked: bool = False,
-                user_data: str | None = None) -> TransferCommand:
-        return cls(id, TransferKind.PENDING, debit_account_id, credit_account_id, amount_minor, currency,
-                   timeout_s=timeout_s, linked=linked, user_data=user_data)
+    def pending(
+        cls,
+        id: UUID,
+        debit_account_id: UUID,
+        credit_account_id: UUID,
+        amount_minor: int,
+        currency: str,
+        *,
+        timeout_s: int | None = None,
+        linked: bool = False,
+        user_data: str | None = None,
+    ) -> TransferCommand:
+        return cls(
+            id,
+            TransferKind.PENDING,
+            debit_account_id,
+            credit_account_id,
+            amount_minor,
+            currency,
+            timeout_s=timeout_s,
+            linked=linked,
+            user_data=user_data,
+        )
 
     @classmethod
-    def post(cls, id: UUID, pending_id: UUID, amount_minor: int | None = None, *,
-             linked: bool = False, user_data: str | None = None) -> TransferCommand:
-        return cls(id, TransferKind.POST_PENDING, amount_minor=amount_minor, pending_id=pending_id,
-                   linked=linked, user_data=user_data)
+    def post(
+        cls,
+        id: UUID,
+        pending_id: UUID,
+        amount_minor: int | None = None,
+        *,
+        linked: bool = False,
+        user_data: str | None = None,
+    ) -> TransferCommand:
+        return cls(
+            id,
+            TransferKind.POST_PENDING,
+            amount_minor=amount_minor,
+            pending_id=pending_id,
+            linked=linked,
+            user_data=user_data,
+        )
 
     @classmethod
-    def void(cls, id: UUID, pending_id: UUID, *, linked: bool = False,
-             user_data: str | None = None) -> TransferCommand:
+    def void(cls, id: UUID, pending_id: UUID, *, linked: bool = False, user_data: str | None = None) -> TransferCommand:
         return cls(id, TransferKind.VOID_PENDING, pending_id=pending_id, linked=linked, user_data=user_data)
 
 

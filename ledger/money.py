@@ -53,30 +53,29 @@ def parse_amount(text: str | Decimal, currency: Currency, *, max_minor: int = AM
     than the currency has, zero, and anything above ``max_minor``.
     """
     if isinstance(text, bool) or isinstance(text, float):
-        raise InvalidAmount(f"amount must be a decimal string such as \"128.50\", not a {type(text).__name__}")
+        raise InvalidAmount(f'amount must be a decimal string such as "128.50", not a {type(text).__name__}')
     if isinstance(text, Decimal):
         if not text.is_finite():
             raise InvalidAmount("amount must be a finite decimal")
         text = format(text, "f")
     if not isinstance(text, str):
-        raise InvalidAmount(f"amount must be a decimal string such as \"128.50\", not a {type(text).__name__}")
+        raise InvalidAmount(f'amount must be a decimal string such as "128.50", not a {type(text).__name__}')
     if len(text) > _AMOUNT_TEXT_LENGTH_MAX:
         raise InvalidAmount(f"amount is {len(text)} characters long; at most {_AMOUNT_TEXT_LENGTH_MAX} are accepted")
     match = _DECIMAL_TEXT.fullmatch(text)
     if match is None:
         if text.startswith("-"):
             raise InvalidAmount(f"amount must be positive, got {text!r}")
-        raise InvalidAmount(f"amount {text!r} is not a plain decimal number such as \"128.50\"")
+        raise InvalidAmount(f'amount {text!r} is not a plain decimal number such as "128.50"')
     fraction = match["fraction"] or ""
     if len(fraction) > currency.exponent:
         # "1.50" in a 2-decimal currency is fine; "1.505" is not, and "1.500" is refused as well:
         # the edge takes at most the currency's decimals, so no amount is ever rounded silently.
-        raise InvalidAmount(
-            f"{currency.code} has {currency.exponent} decimal places; {text!r} has {len(fraction)}"
-        )
+        raise InvalidAmount(f"{currency.code} has {currency.exponent} decimal places; {text!r} has {len(fraction)}")
     if len(match["whole"].lstrip("0")) > len(str(max_minor)):
         raise InvalidAmount(
-            f"amount {text} {currency.code} is above the maximum of {format_amount(max_minor, currency)}")
+            f"amount {text} {currency.code} is above the maximum of {format_amount(max_minor, currency)}"
+        )
     minor = int(match["whole"]) * 10**currency.exponent + int(fraction.ljust(currency.exponent, "0") or "0")
     if minor == 0:
         raise InvalidAmount("amount must be greater than zero")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Iterable
 from uuid import UUID
 
 import aiosqlite
@@ -27,17 +27,39 @@ from ledger.errors import InvariantViolation
 from ledger.model import Transfer, TransferKind
 from ledger.schema import accounts
 
-
 _ACCOUNT_STATE_COLUMNS = (
-    accounts.c.id, accounts.c.currency, accounts.c.flags, accounts.c.status,
-    accounts.c.debits_posted, accounts.c.credits_posted, accounts.c.debits_pending, accounts.c.credits_pending,
-    accounts.c.balance_cap_minor, accounts.c.transfer_cap_minor, accounts.c.daily_debit_cap_minor,
-    accounts.c.annual_debit_cap_minor, accounts.c.debit_day, accounts.c.debits_day_minor,
-    accounts.c.debit_year, accounts.c.debits_year_minor,
+    accounts.c.id,
+    accounts.c.currency,
+    accounts.c.flags,
+    accounts.c.status,
+    accounts.c.debits_posted,
+    accounts.c.credits_posted,
+    accounts.c.debits_pending,
+    accounts.c.credits_pending,
+    accounts.c.balance_cap_minor,
+    accounts.c.transfer_cap_minor,
+    accounts.c.daily_debit_cap_minor,
+    accounts.c.annual_debit_cap_minor,
+    accounts.c.debit_day,
+    accounts.c.debits_day_minor,
+    accounts.c.debit_year,
+    accounts.c.debits_year_minor,
 )
 _TRANSFER_COLUMNS = (
-    "seq", "id", "kind", "debit_account_id", "credit_account_id", "amount_minor", "released_minor", "currency",
-    "pending_id", "timeout_s", "expires_at_us", "linked", "user_data", "created_at_us",
+    "seq",
+    "id",
+    "kind",
+    "debit_account_id",
+    "credit_account_id",
+    "amount_minor",
+    "released_minor",
+    "currency",
+    "pending_id",
+    "timeout_s",
+    "expires_at_us",
+    "linked",
+    "user_data",
+    "created_at_us",
 )
 _RESOLUTION_KINDS = (int(TransferKind.POST_PENDING), int(TransferKind.VOID_PENDING), int(TransferKind.EXPIRE_PENDING))
 
@@ -61,7 +83,8 @@ _SESSION_ENDED_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
 
 def _connection_lost(error: BaseException) -> bool:
     return isinstance(error, (asyncpg.PostgresConnectionError, ConnectionError)) or (
-        isinstance(error, asyncpg.PostgresError) and error.sqlstate in _SESSION_ENDED_SQLSTATES)
+        isinstance(error, asyncpg.PostgresError) and error.sqlstate in _SESSION_ENDED_SQLSTATES
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,10 +106,38 @@ class JournalHead:
 
 def _transfer_from_record(record) -> Transfer:
     """A transfer from a driver row in ``_TRANSFER_COLUMNS`` order."""
-    (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
-     timeout_s, expires_at_us, linked, user_data, created_at_us) = record
-    return Transfer(id_, TransferKind(kind), debit_account_id, credit_account_id, amount_minor, released_minor,
-                    currency, pending_id, timeout_s, expires_at_us, linked, user_data, created_at_us, seq)
+    (
+        seq,
+        id_,
+        kind,
+        debit_account_id,
+        credit_account_id,
+        amount_minor,
+        released_minor,
+        currency,
+        pending_id,
+        timeout_s,
+        expires_at_us,
+        linked,
+        user_data,
+        created_at_us,
+    ) = record
+    return Transfer(
+        id_,
+        TransferKind(kind),
+        debit_account_id,
+        credit_account_id,
+        amount_minor,
+        released_minor,
+        currency,
+        pending_id,
+        timeout_s,
+        expires_at_us,
+        linked,
+        user_data,
+        created_at_us,
+        seq,
+    )
 
 
 class BatchStore:
@@ -108,8 +159,7 @@ class BatchStore:
     async def lock_accounts(self, conn, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         raise NotImplementedError
 
-    async def write_batch(self, conn, batch: list[Transfer], touched: list[AccountState],
-                          block: JournalBlock) -> None:
+    async def write_batch(self, conn, batch: list[Transfer], touched: list[AccountState], block: JournalBlock) -> None:
         """Store the batch's transfers, each touched account's new balances, and its journal block."""
         raise NotImplementedError
 
@@ -149,21 +199,29 @@ class PostgresBatchStore(BatchStore):
     # The ids arrive as one text parameter and are joined through ``unnest``, never compared with
     # ``= ANY($1::text::uuid[])``: when the planner turns that into a filter, it parses the whole
     # array again for every row it looks at (measured: 10 s to lock 2,000 of 10,000 accounts).
-    _load = (f"SELECT {', '.join('t.' + column for column in _TRANSFER_COLUMNS)} FROM transfers AS t "
-             "JOIN unnest($1::text::uuid[]) AS k(id) ON t.id = k.id")
-    _resolutions = ("SELECT t.pending_id, t.kind FROM transfers AS t "
-                    "JOIN unnest($1::text::uuid[]) AS k(id) ON t.pending_id = k.id")
+    _load = (
+        f"SELECT {', '.join('t.' + column for column in _TRANSFER_COLUMNS)} FROM transfers AS t "
+        "JOIN unnest($1::text::uuid[]) AS k(id) ON t.id = k.id"
+    )
+    _resolutions = (
+        "SELECT t.pending_id, t.kind FROM transfers AS t JOIN unnest($1::text::uuid[]) AS k(id) ON t.pending_id = k.id"
+    )
     # ORDER BY id: rows are locked in the order they are returned, so every batch in every process
     # takes its account locks in one global order and two batches can never deadlock on them.
     # (Reaching the locked rows again by ctid saved 4% of a batch, but ctid is PostgreSQL's
     # alone, and DESIGN.md keeps the hot path's SQL portable to CockroachDB and YugabyteDB.)
-    _lock = (f"SELECT {', '.join('a.' + column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts AS a "
-             "JOIN unnest($1::text::uuid[]) AS k(id) ON a.id = k.id ORDER BY a.id FOR UPDATE OF a")
+    _lock = (
+        f"SELECT {', '.join('a.' + column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts AS a "
+        "JOIN unnest($1::text::uuid[]) AS k(id) ON a.id = k.id ORDER BY a.id FOR UPDATE OF a"
+    )
     _head = "SELECT sequence, hash, last_transfer_seq FROM journal_head WHERE id = 1 FOR UPDATE"
-    _add_timeouts = ("INSERT INTO pending_timeouts (transfer_id, expires_at_us) "
-                     "SELECT * FROM unnest($1::text::uuid[], $2::text::bigint[])")
-    _drop_timeouts = ("DELETE FROM pending_timeouts AS p USING unnest($1::text::uuid[]) AS k(id) "
-                      "WHERE p.transfer_id = k.id")
+    _add_timeouts = (
+        "INSERT INTO pending_timeouts (transfer_id, expires_at_us) "
+        "SELECT * FROM unnest($1::text::uuid[], $2::text::bigint[])"
+    )
+    _drop_timeouts = (
+        "DELETE FROM pending_timeouts AS p USING unnest($1::text::uuid[]) AS k(id) WHERE p.transfer_id = k.id"
+    )
     # All of a batch's writes in one statement, one round trip: the transfer rows, each touched
     # account once, the journal block and the head. (COPY measured no faster than unnest here,
     # and could not share the round trip.)
@@ -206,16 +264,19 @@ class PostgresBatchStore(BatchStore):
                     # disconnect. Meeting the dead ones one retry at a time would use up the
                     # batch's attempts; a test proves the next batch and read succeed.
                     await engine.dispose()
-                    raise ConnectionLost(f"the database connection was lost: {error!r}",
-                                         commit_sent=commit_sent) from error
+                    raise ConnectionLost(
+                        f"the database connection was lost: {error!r}", commit_sent=commit_sent
+                    ) from error
                 raise
 
     async def load_transfers(self, driver, ids):
         return {record[1]: _transfer_from_record(record) for record in await driver.fetch(self._load, _uuid_array(ids))}
 
     async def load_resolutions(self, driver, pending_ids):
-        return {record[0]: TransferKind(record[1])
-                for record in await driver.fetch(self._resolutions, _uuid_array(pending_ids))}
+        return {
+            record[0]: TransferKind(record[1])
+            for record in await driver.fetch(self._resolutions, _uuid_array(pending_ids))
+        }
 
     async def lock_accounts(self, driver, ids):
         return {record[0]: AccountState(*record) for record in await driver.fetch(self._lock, _uuid_array(ids))}
@@ -227,29 +288,48 @@ class PostgresBatchStore(BatchStore):
     async def update_timeouts(self, driver, batch):
         added, resolved = self._timeout_changes(batch)
         if added:
-            await driver.execute(self._add_timeouts, _uuid_array([t.id for t in added]),
-                                 _array_text([t.expires_at_us for t in added]))
+            await driver.execute(
+                self._add_timeouts, _uuid_array([t.id for t in added]), _array_text([t.expires_at_us for t in added])
+            )
         if resolved:
             await driver.execute(self._drop_timeouts, _uuid_array(resolved))
 
     async def write_batch(self, driver, batch, touched, block):
         status = await driver.execute(
             self._write_batch,
-            _array_text([t.seq for t in batch]), _uuid_array([t.id for t in batch]),
-            _array_text([int(t.kind) for t in batch]), _uuid_array([t.debit_account_id for t in batch]),
-            _uuid_array([t.credit_account_id for t in batch]), _array_text([t.amount_minor for t in batch]),
-            _array_text([t.released_minor for t in batch]), _array_text([t.currency for t in batch]),
-            _uuid_array_nullable([t.pending_id for t in batch]), _array_text_nullable([t.timeout_s for t in batch]),
-            _array_text_nullable([t.expires_at_us for t in batch]), _array_text(["t" if t.linked else "f" for t in batch]),
-            _array_text_quoted([t.user_data for t in batch]), _array_text([t.created_at_us for t in batch]),
-            _uuid_array([a.id for a in touched]), _array_text([a.debits_posted for a in touched]),
-            _array_text([a.credits_posted for a in touched]), _array_text([a.debits_pending for a in touched]),
-            _array_text([a.credits_pending for a in touched]), _array_text([a.debit_day for a in touched]),
-            _array_text([a.debits_day_minor for a in touched]), _array_text([a.debit_year for a in touched]),
+            _array_text([t.seq for t in batch]),
+            _uuid_array([t.id for t in batch]),
+            _array_text([int(t.kind) for t in batch]),
+            _uuid_array([t.debit_account_id for t in batch]),
+            _uuid_array([t.credit_account_id for t in batch]),
+            _array_text([t.amount_minor for t in batch]),
+            _array_text([t.released_minor for t in batch]),
+            _array_text([t.currency for t in batch]),
+            _uuid_array_nullable([t.pending_id for t in batch]),
+            _array_text_nullable([t.timeout_s for t in batch]),
+            _array_text_nullable([t.expires_at_us for t in batch]),
+            _array_text(["t" if t.linked else "f" for t in batch]),
+            _array_text_quoted([t.user_data for t in batch]),
+            _array_text([t.created_at_us for t in batch]),
+            _uuid_array([a.id for a in touched]),
+            _array_text([a.debits_posted for a in touched]),
+            _array_text([a.credits_posted for a in touched]),
+            _array_text([a.debits_pending for a in touched]),
+            _array_text([a.credits_pending for a in touched]),
+            _array_text([a.debit_day for a in touched]),
+            _array_text([a.debits_day_minor for a in touched]),
+            _array_text([a.debit_year for a in touched]),
             _array_text([a.debits_year_minor for a in touched]),
-            block.sequence, block.prev_hash, block.hash, block.signature, block.first_transfer_seq,
-            block.transfer_count, block.created_at_us, block.first_transfer_seq + block.transfer_count - 1,
-            len(touched))
+            block.sequence,
+            block.prev_hash,
+            block.hash,
+            block.signature,
+            block.first_transfer_seq,
+            block.transfer_count,
+            block.created_at_us,
+            block.first_transfer_seq + block.transfer_count - 1,
+            len(touched),
+        )
         if status != "UPDATE 1":
             raise InvariantViolation(f"the batch's account updates did not reach all {len(touched)} locked accounts")
 
@@ -270,8 +350,9 @@ class PostgresBatchStore(BatchStore):
         else:
             return None
         reason = f"{name} ({state})" if state else name
-        return DatabaseFailure(retryable=state in self.RETRYABLE_SQLSTATES,
-                               integrity=bool(state) and state.startswith("23"), reason=reason)
+        return DatabaseFailure(
+            retryable=state in self.RETRYABLE_SQLSTATES, integrity=bool(state) and state.startswith("23"), reason=reason
+        )
 
 
 class SqliteBatchStore(BatchStore):
@@ -281,17 +362,24 @@ class SqliteBatchStore(BatchStore):
     as SQLAlchemy's Uuid type stores them on SQLite (32 hex digits; a round-trip test guards
     this) and travel to ``IN`` as one JSON array, so every statement's text stays the same."""
 
-    _lock = (f"SELECT {', '.join(column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts "
-             "WHERE id IN (SELECT value FROM json_each(?))")
+    _lock = (
+        f"SELECT {', '.join(column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts "
+        "WHERE id IN (SELECT value FROM json_each(?))"
+    )
     _load = f"SELECT {', '.join(_TRANSFER_COLUMNS)} FROM transfers WHERE id IN (SELECT value FROM json_each(?))"
     _resolutions = "SELECT pending_id, kind FROM transfers WHERE pending_id IN (SELECT value FROM json_each(?))"
     _head = "SELECT sequence, hash, last_transfer_seq FROM journal_head WHERE id = 1"
-    _insert = (f"INSERT INTO transfers ({', '.join(_TRANSFER_COLUMNS)}) "
-               f"VALUES ({', '.join('?' for _ in _TRANSFER_COLUMNS)})")
-    _update = ("UPDATE accounts SET debits_posted = ?, credits_posted = ?, debits_pending = ?, credits_pending = ?, "
-               "debit_day = ?, debits_day_minor = ?, debit_year = ?, debits_year_minor = ? WHERE id = ?")
-    _block = ("INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, transfer_count, "
-              "created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    _insert = (
+        f"INSERT INTO transfers ({', '.join(_TRANSFER_COLUMNS)}) VALUES ({', '.join('?' for _ in _TRANSFER_COLUMNS)})"
+    )
+    _update = (
+        "UPDATE accounts SET debits_posted = ?, credits_posted = ?, debits_pending = ?, credits_pending = ?, "
+        "debit_day = ?, debits_day_minor = ?, debit_year = ?, debits_year_minor = ? WHERE id = ?"
+    )
+    _block = (
+        "INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, transfer_count, "
+        "created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
     _head_update = "UPDATE journal_head SET sequence = ?, hash = ?, last_transfer_seq = ? WHERE id = 1"
     _add_timeout = "INSERT INTO pending_timeouts (transfer_id, expires_at_us) VALUES (?, ?)"
     _drop_timeout = "DELETE FROM pending_timeouts WHERE transfer_id = ?"
@@ -334,17 +422,60 @@ class SqliteBatchStore(BatchStore):
         return JournalHead(sequence, bytes(hash_), last_transfer_seq)
 
     async def write_batch(self, driver, batch, touched, block):
-        await driver.executemany(self._insert, [
-            (t.seq, t.id.hex, int(t.kind), t.debit_account_id.hex, t.credit_account_id.hex, t.amount_minor,
-             t.released_minor, t.currency, None if t.pending_id is None else t.pending_id.hex, t.timeout_s,
-             t.expires_at_us, int(t.linked), t.user_data, t.created_at_us) for t in batch])
-        await driver.executemany(self._update, [
-            (a.debits_posted, a.credits_posted, a.debits_pending, a.credits_pending, a.debit_day,
-             a.debits_day_minor, a.debit_year, a.debits_year_minor, a.id.hex) for a in touched])
-        await driver.execute(self._block, (block.sequence, block.prev_hash, block.hash, block.signature,
-                                           block.first_transfer_seq, block.transfer_count, block.created_at_us))
-        await driver.execute(self._head_update, (block.sequence, block.hash,
-                                                 block.first_transfer_seq + block.transfer_count - 1))
+        await driver.executemany(
+            self._insert,
+            [
+                (
+                    t.seq,
+                    t.id.hex,
+                    int(t.kind),
+                    t.debit_account_id.hex,
+                    t.credit_account_id.hex,
+                    t.amount_minor,
+                    t.released_minor,
+                    t.currency,
+                    None if t.pending_id is None else t.pending_id.hex,
+                    t.timeout_s,
+                    t.expires_at_us,
+                    int(t.linked),
+                    t.user_data,
+                    t.created_at_us,
+                )
+                for t in batch
+            ],
+        )
+        await driver.executemany(
+            self._update,
+            [
+                (
+                    a.debits_posted,
+                    a.credits_posted,
+                    a.debits_pending,
+                    a.credits_pending,
+                    a.debit_day,
+                    a.debits_day_minor,
+                    a.debit_year,
+                    a.debits_year_minor,
+                    a.id.hex,
+                )
+                for a in touched
+            ],
+        )
+        await driver.execute(
+            self._block,
+            (
+                block.sequence,
+                block.prev_hash,
+                block.hash,
+                block.signature,
+                block.first_transfer_seq,
+                block.transfer_count,
+                block.created_at_us,
+            ),
+        )
+        await driver.execute(
+            self._head_update, (block.sequence, block.hash, block.first_transfer_seq + block.transfer_count - 1)
+        )
 
     async def update_timeouts(self, driver, batch):
         added, resolved = self._timeout_changes(batch)
@@ -361,18 +492,49 @@ class SqliteBatchStore(BatchStore):
         message = str(error)
         # Another process held the write lock past busy_timeout: nothing was written, try again.
         busy = "database is locked" in message or "database is busy" in message
-        return DatabaseFailure(retryable=busy, integrity=isinstance(error, sqlite3.IntegrityError),
-                               reason=f"{type(error).__name__}: {message}" if busy else type(error).__name__)
+        return DatabaseFailure(
+            retryable=busy,
+            integrity=isinstance(error, sqlite3.IntegrityError),
+            reason=f"{type(error).__name__}: {message}" if busy else type(error).__name__,
+        )
 
 
 def _transfer_from_sqlite(row) -> Transfer:
     """As ``_transfer_from_record``, from SQLite's forms: ids as 32 hex digits, ``linked`` as 0/1."""
-    (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
-     timeout_s, expires_at_us, linked, user_data, created_at_us) = row
-    return _transfer_from_record((
-        seq, UUID(hex=id_), kind, UUID(hex=debit_account_id), UUID(hex=credit_account_id), amount_minor,
-        released_minor, currency, None if pending_id is None else UUID(hex=pending_id), timeout_s, expires_at_us,
-        bool(linked), user_data, created_at_us))
+    (
+        seq,
+        id_,
+        kind,
+        debit_account_id,
+        credit_account_id,
+        amount_minor,
+        released_minor,
+        currency,
+        pending_id,
+        timeout_s,
+        expires_at_us,
+        linked,
+        user_data,
+        created_at_us,
+    ) = row
+    return _transfer_from_record(
+        (
+            seq,
+            UUID(hex=id_),
+            kind,
+            UUID(hex=debit_account_id),
+            UUID(hex=credit_account_id),
+            amount_minor,
+            released_minor,
+            currency,
+            None if pending_id is None else UUID(hex=pending_id),
+            timeout_s,
+            expires_at_us,
+            bool(linked),
+            user_data,
+            created_at_us,
+        )
+    )
 
 
 def _json_hex_array(ids: Iterable[UUID]) -> str:
@@ -408,6 +570,10 @@ def _array_text_nullable(values: list) -> str:
 
 def _array_text_quoted(values: list[str | None]) -> str:
     """An array literal of arbitrary text: each element double-quoted with \\ and \" escaped."""
-    return "{" + ",".join(
-        "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        for value in values) + "}"
+    return (
+        "{"
+        + ",".join(
+            "NULL" if value is None else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values
+        )
+        + "}"
+    )

@@ -114,17 +114,18 @@ async def _prepare(ledger: Ledger, accounts: int) -> tuple[list[uuid.UUID], uuid
     specs = [AccountSpec(funding, "CNY", "funding"), AccountSpec(merchant, "CNY", "merchant")]
     specs += [AccountSpec(w, "CNY", "wallet", flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS) for w in wallets]
     for start in range(0, len(specs), SETUP_BATCH):
-        await ledger.create_accounts(specs[start:start + SETUP_BATCH])
+        await ledger.create_accounts(specs[start : start + SETUP_BATCH])
     deposits = [TransferCommand.posted(uuid7(), funding, w, FUNDING_MINOR, "CNY") for w in wallets]
     for start in range(0, len(deposits), SETUP_BATCH):
-        results = await ledger.submit(deposits[start:start + SETUP_BATCH])
+        results = await ledger.submit(deposits[start : start + SETUP_BATCH])
         if not all(result.ok for result in results):
             raise RuntimeError(f"funding failed: {results[0].code}")
     return wallets, merchant
 
 
-def _commands(scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID,
-              seed: int = 7) -> list[TransferCommand]:
+def _commands(
+    scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID, seed: int = 7
+) -> list[TransferCommand]:
     rng = random.Random(seed)
     commands = []
     for _ in range(count):
@@ -175,7 +176,8 @@ async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespa
             batches_before = ledger.stats.batches
             if processes > 1:
                 seconds, latencies, failed, batches = await _drive_processes(
-                    backend, url, bytes(ledger.signing_key), scenario, count, wallets, merchant, args)
+                    backend, url, bytes(ledger.signing_key), scenario, count, wallets, merchant, args
+                )
             else:
                 commands = _commands(scenario, count, wallets, merchant)
                 if mode == "batched":
@@ -186,6 +188,7 @@ async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespa
                     finally:
                         await batcher.close()
                 else:
+
                     async def submit_alone(command: TransferCommand):
                         return (await ledger.submit([command]))[0]
 
@@ -199,10 +202,18 @@ async def run_one(backend: str, scenario: str, mode: str, args: argparse.Namespa
             await ledger.close()
     latencies.sort()
     return RunResult(
-        backend=backend, scenario=scenario, mode=mode, transfers=count, concurrency=concurrency,
-        seconds=round(seconds, 3), transfers_per_second=round(count / seconds, 1),
-        p50_ms=round(_percentile(latencies, 50) * 1000, 3), p99_ms=round(_percentile(latencies, 99) * 1000, 3),
-        failed=failed, batches=batches, processes=processes,
+        backend=backend,
+        scenario=scenario,
+        mode=mode,
+        transfers=count,
+        concurrency=concurrency,
+        seconds=round(seconds, 3),
+        transfers_per_second=round(count / seconds, 1),
+        p50_ms=round(_percentile(latencies, 50) * 1000, 3),
+        p99_ms=round(_percentile(latencies, 99) * 1000, 3),
+        failed=failed,
+        batches=batches,
+        processes=processes,
     )
 
 
@@ -211,21 +222,39 @@ def _engine_options(backend: str, concurrency: int) -> dict:
 
 
 def _batcher(ledger: Ledger, args: argparse.Namespace) -> Batcher:
-    return Batcher(ledger, batch_size_max=args.batch_size_max, batch_wait_ms=args.batch_wait_ms,
-                   queue_depth_max=max(50_000, args.concurrency * 2), expiry_interval_s=None)
+    return Batcher(
+        ledger,
+        batch_size_max=args.batch_size_max,
+        batch_wait_ms=args.batch_wait_ms,
+        queue_depth_max=max(50_000, args.concurrency * 2),
+        expiry_interval_s=None,
+    )
 
 
-async def _drive_processes(backend: str, url: str, key: bytes, scenario: str, count: int, wallets: list[uuid.UUID],
-                           merchant: uuid.UUID, args: argparse.Namespace) -> tuple[float, list[float], int, int]:
+async def _drive_processes(
+    backend: str,
+    url: str,
+    key: bytes,
+    scenario: str,
+    count: int,
+    wallets: list[uuid.UUID],
+    merchant: uuid.UUID,
+    args: argparse.Namespace,
+) -> tuple[float, list[float], int, int]:
     """The batched run split over ``--processes`` writer processes against one database, each a
     Ledger and Batcher of its own with ``--concurrency`` callers, as the service scales out. The
     clock runs from the moment all are ready until the last one is done."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited loop or pool
     ready, start, done = context.Queue(), context.Event(), context.Queue()
     shares = [count // args.processes + (index < count % args.processes) for index in range(args.processes)]
-    workers = [context.Process(target=_process_main, daemon=True, args=(
-        backend, url, key, scenario, share, wallets, merchant, 7 + index, args, ready, start, done))
-        for index, share in enumerate(shares)]
+    workers = [
+        context.Process(
+            target=_process_main,
+            daemon=True,
+            args=(backend, url, key, scenario, share, wallets, merchant, 7 + index, args, ready, start, done),
+        )
+        for index, share in enumerate(shares)
+    ]
     for worker in workers:
         worker.start()
     loop = asyncio.get_running_loop()
@@ -245,12 +274,28 @@ async def _drive_processes(backend: str, url: str, key: bytes, scenario: str, co
     if errors:
         raise RuntimeError(f"a writer process failed: {errors[0]}")
     latencies = [latency for report in reports for latency in report["latencies"]]
-    return (seconds, latencies, sum(report["failed"] for report in reports),
-            sum(report["batches"] for report in reports))
+    return (
+        seconds,
+        latencies,
+        sum(report["failed"] for report in reports),
+        sum(report["batches"] for report in reports),
+    )
 
 
-def _process_main(backend: str, url: str, key: bytes, scenario: str, count: int, wallets: list[uuid.UUID], merchant: uuid.UUID,
-                  seed: int, args: argparse.Namespace, ready, start, done) -> None:
+def _process_main(
+    backend: str,
+    url: str,
+    key: bytes,
+    scenario: str,
+    count: int,
+    wallets: list[uuid.UUID],
+    merchant: uuid.UUID,
+    seed: int,
+    args: argparse.Namespace,
+    ready,
+    start,
+    done,
+) -> None:
     async def run() -> dict:
         ledger = Ledger(create_engine(url, **_engine_options(backend, args.concurrency)), SigningKey(key))
         try:
@@ -289,28 +334,62 @@ def _ratios(results: list[RunResult]) -> list[dict]:
         uniform = by_key.get((backend, "uniform", "batched"))
         hot = by_key.get((backend, "hot", "batched"))
         if uniform and hot:
-            ratios.append({"backend": backend, "name": "hot_over_uniform",
-                           "value": round(hot.transfers_per_second / uniform.transfers_per_second, 3)})
+            ratios.append(
+                {
+                    "backend": backend,
+                    "name": "hot_over_uniform",
+                    "value": round(hot.transfers_per_second / uniform.transfers_per_second, 3),
+                }
+            )
         for scenario in ("uniform", "hot"):
             batched = by_key.get((backend, scenario, "batched"))
             baseline = by_key.get((backend, scenario, "baseline"))
             if batched and baseline:
-                ratios.append({"backend": backend, "scenario": scenario, "name": "batched_over_baseline",
-                               "value": round(batched.transfers_per_second / baseline.transfers_per_second, 2)})
+                ratios.append(
+                    {
+                        "backend": backend,
+                        "scenario": scenario,
+                        "name": "batched_over_baseline",
+                        "value": round(batched.transfers_per_second / baseline.transfers_per_second, 2),
+                    }
+                )
     return ratios
 
 
 def _print(results: list[RunResult], ratios: list[dict]) -> None:
     console = Console(width=150)
     table = Table(title="Ledger hot path: transfers per second, median run (higher is better)")
-    for column in ("backend", "scenario", "mode", "transfers", "processes", "callers", "transfers/s", "runs (min-max)",
-                   "p50 ms", "p99 ms", "batches", "failed"):
+    for column in (
+        "backend",
+        "scenario",
+        "mode",
+        "transfers",
+        "processes",
+        "callers",
+        "transfers/s",
+        "runs (min-max)",
+        "p50 ms",
+        "p99 ms",
+        "batches",
+        "failed",
+    ):
         table.add_column(column, justify="left" if column in ("backend", "scenario", "mode") else "right")
     for r in results:
         spread = f"{min(r.runs_transfers_per_second):,.0f}-{max(r.runs_transfers_per_second):,.0f}"
-        table.add_row(r.backend, r.scenario, r.mode, str(r.transfers), str(r.processes), str(r.concurrency),
-                      f"{r.transfers_per_second:,.0f}", spread, f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.batches),
-                      str(r.failed))
+        table.add_row(
+            r.backend,
+            r.scenario,
+            r.mode,
+            str(r.transfers),
+            str(r.processes),
+            str(r.concurrency),
+            f"{r.transfers_per_second:,.0f}",
+            spread,
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            str(r.batches),
+            str(r.failed),
+        )
     console.print(table)
     for ratio in ratios:
         where = f"{ratio['backend']} {ratio.get('scenario', '')}".strip()
@@ -332,33 +411,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--transfers", type=int, default=60_000, help="transfers per batched run")
     parser.add_argument("--baseline-transfers", type=int, default=3_000, help="transfers per baseline run")
     parser.add_argument("--concurrency", type=int, default=200, help="concurrent callers in batched runs")
-    parser.add_argument("--baseline-concurrency", type=int, default=50,
-                        help="concurrent callers (and pooled connections) in baseline runs")
-    parser.add_argument("--processes", type=_positive_int, default=1,
-                        help="writer processes sharing the batched runs (each with --concurrency callers)")
+    parser.add_argument(
+        "--baseline-concurrency",
+        type=int,
+        default=50,
+        help="concurrent callers (and pooled connections) in baseline runs",
+    )
+    parser.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=1,
+        help="writer processes sharing the batched runs (each with --concurrency callers)",
+    )
     parser.add_argument("--accounts", type=int, default=10_000, help="funded wallets")
     parser.add_argument("--batch-size-max", type=int, default=1_000)
     parser.add_argument("--batch-wait-ms", type=float, default=1.0)
-    parser.add_argument("--repeat", type=_positive_int, default=3,
-                        help="runs per case; the median run is reported (default 3)")
-    parser.add_argument("--no-verify", dest="verify", action="store_false",
-                        help="skip the audit verification after each run")
+    parser.add_argument(
+        "--repeat", type=_positive_int, default=3, help="runs per case; the median run is reported (default 3)"
+    )
+    parser.add_argument(
+        "--no-verify", dest="verify", action="store_false", help="skip the audit verification after each run"
+    )
     parser.add_argument("--json", type=Path, help="write the figures here as JSON")
     return parser.parse_args(argv)
 
 
 async def main_async(args: argparse.Namespace) -> list[RunResult]:
-    cases = [(backend, scenario, mode) for backend in args.backends.split(",")
-             for scenario in args.scenarios.split(",") for mode in args.modes.split(",")]
+    cases = [
+        (backend, scenario, mode)
+        for backend in args.backends.split(",")
+        for scenario in args.scenarios.split(",")
+        for mode in args.modes.split(",")
+    ]
     runs: dict[tuple[str, str, str], list[RunResult]] = {case: [] for case in cases}
     # Round-robin over the cases, so that a slow minute of the machine lands on every case once
     # rather than on all the repeats of one.
     for repeat in range(1, args.repeat + 1):
         for case in cases:
             result = await run_one(*case, args)
-            print(f"  [{repeat}/{args.repeat}] {case[0]:10} {case[1]:8} {case[2]:8} "
-                  f"{result.transfers_per_second:>10,.0f}/s p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms",
-                  file=sys.stderr)
+            print(
+                f"  [{repeat}/{args.repeat}] {case[0]:10} {case[1]:8} {case[2]:8} "
+                f"{result.transfers_per_second:>10,.0f}/s p50 {result.p50_ms:.2f} ms  p99 {result.p99_ms:.2f} ms",
+                file=sys.stderr,
+            )
             runs[case].append(result)
     return [_median_run(runs[case]) for case in cases]
 

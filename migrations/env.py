@@ -22,8 +22,11 @@ target_metadata = metadata
 
 
 def _url() -> str:
-    return os.environ.get("LEDGER_DATABASE_URL") or config.get_main_option("sqlalchemy.url") or \
-        "sqlite+aiosqlite:///ledger-data/ledger.db"
+    return (
+        os.environ.get("LEDGER_DATABASE_URL")
+        or config.get_main_option("sqlalchemy.url")
+        or "sqlite+aiosqlite:///ledger-data/ledger.db"
+    )
 
 
 def do_run_migrations(connection: Connection) -> None:
@@ -48,8 +51,9 @@ async def run_async_migrations() -> None:
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True,
-                      dialect_opts={"paramstyle": "named"})
+    context.configure(
+        url=_url(), target_metadata=target_metadata, literal_binds=True, dialect_opts={"paramstyle": "named"}
+    )
     with context.begin_transaction():
         context.run_migrations()
 

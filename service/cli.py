@@ -16,8 +16,8 @@ import asyncio
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
@@ -56,8 +56,10 @@ async def init(settings: Settings, console: Console) -> int:
         chain_started = await newest_anchor(engine) is not None
         if chain_started and not settings.signing_key_path.exists():
             # A new key here would seal blocks that no single key verifies, for good.
-            console.print(f"[red]this database already holds a chain, signed by a key that is not at "
-                          f"{settings.signing_key_path}: point LEDGER_DATA_DIR at the directory holding it[/]")
+            console.print(
+                f"[red]this database already holds a chain, signed by a key that is not at "
+                f"{settings.signing_key_path}: point LEDGER_DATA_DIR at the directory holding it[/]"
+            )
             return 2
         key, created = load_or_create_signing_key(settings.signing_key_path)
         if chain_started:
@@ -69,7 +71,9 @@ async def init(settings: Settings, console: Console) -> int:
     finally:
         await engine.dispose()
     verb = "created" if created else "kept"
-    console.print(f"ledger signing key {verb}: {settings.signing_key_path} (public key {public_key_text(key.verify_key)})")
+    console.print(
+        f"ledger signing key {verb}: {settings.signing_key_path} (public key {public_key_text(key.verify_key)})"
+    )
     return 0
 
 
@@ -111,8 +115,9 @@ async def audit_head(settings: Settings, console: Console) -> int:
     return 0
 
 
-async def audit_verify(settings: Settings, console: Console, public_key: str | None,
-                       anchors: Sequence[str] = ()) -> int:
+async def audit_verify(
+    settings: Settings, console: Console, public_key: str | None, anchors: Sequence[str] = ()
+) -> int:
     if public_key:
         try:
             verify_key = verify_key_from_text(public_key)
@@ -138,8 +143,10 @@ async def audit_verify(settings: Settings, console: Console, public_key: str | N
         elapsed = time.perf_counter() - started
     finally:
         await engine.dispose()
-    summary = (f"{report.blocks_checked} blocks, {report.transfers_checked} transfers, "
-               f"{report.accounts_checked} accounts checked in {elapsed:.2f} s")
+    summary = (
+        f"{report.blocks_checked} blocks, {report.transfers_checked} transfers, "
+        f"{report.accounts_checked} accounts checked in {elapsed:.2f} s"
+    )
     if report.ok:
         console.print(f"[green]audit chain verified[/]: {summary}")
         return 0
@@ -174,25 +181,47 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
     # e-CNY wallet categories as limit profiles (DOMAIN.md): 4 = phone number only, 2 = bank-linked.
     category_4, category_2, category_1 = uuid7(), uuid7(), uuid7()
     payers = [uuid7() for _ in range(200)]
-    named = {issuance: "e-CNY issuance (operator funding)", merchant: "Shenzhen merchant: Futian Dim Sum House",
-             category_4: "wallet, category 4 (phone only)", category_2: "wallet, category 2 (bank-linked)",
-             category_1: "wallet, category 1 (full KYC)"}
-    await ledger.create_accounts([
-        AccountSpec(issuance, "CNY", "funding"),
-        AccountSpec(merchant, "CNY", "merchant", owner_ref="mch-futian-001", flags=wallet),
-        AccountSpec(category_4, "CNY", "wallet", owner_ref="hk-cust-4", flags=wallet,
-                    limits=Limits(cny("10000"), cny("2000"), cny("5000"), cny("50000"))),
-        AccountSpec(category_2, "CNY", "wallet", owner_ref="hk-cust-2", flags=wallet,
-                    limits=Limits(cny("500000"), cny("50000"), cny("100000"), None)),
-        AccountSpec(category_1, "CNY", "wallet", owner_ref="hk-cust-1", flags=wallet),
-        *[AccountSpec(payer, "CNY", "wallet", owner_ref=f"payer-{n}", flags=wallet) for n, payer in enumerate(payers)],
-    ])
+    named = {
+        issuance: "e-CNY issuance (operator funding)",
+        merchant: "Shenzhen merchant: Futian Dim Sum House",
+        category_4: "wallet, category 4 (phone only)",
+        category_2: "wallet, category 2 (bank-linked)",
+        category_1: "wallet, category 1 (full KYC)",
+    }
+    await ledger.create_accounts(
+        [
+            AccountSpec(issuance, "CNY", "funding"),
+            AccountSpec(merchant, "CNY", "merchant", owner_ref="mch-futian-001", flags=wallet),
+            AccountSpec(
+                category_4,
+                "CNY",
+                "wallet",
+                owner_ref="hk-cust-4",
+                flags=wallet,
+                limits=Limits(cny("10000"), cny("2000"), cny("5000"), cny("50000")),
+            ),
+            AccountSpec(
+                category_2,
+                "CNY",
+                "wallet",
+                owner_ref="hk-cust-2",
+                flags=wallet,
+                limits=Limits(cny("500000"), cny("50000"), cny("100000"), None),
+            ),
+            AccountSpec(category_1, "CNY", "wallet", owner_ref="hk-cust-1", flags=wallet),
+            *[
+                AccountSpec(payer, "CNY", "wallet", owner_ref=f"payer-{n}", flags=wallet)
+                for n, payer in enumerate(payers)
+            ],
+        ]
+    )
     story = Table(title="What happened", show_lines=False)
     for column in ("step", "result"):
         story.add_column(column)
 
     # The burst is handed in at once: the queue must hold it (the default bound is 50,000).
     async with Batcher(ledger, queue_depth_max=max(QUEUE_DEPTH_MAX_DEFAULT, payments)) as batcher:
+
         async def run(step: str, *commands: TransferCommand) -> None:
             results = await batcher.submit_many(commands)
             outcomes = [("replayed ok" if r.replayed else r.code.value) for r in results]
@@ -201,36 +230,54 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
             else:
                 story.add_row(step, ", ".join(outcomes))
 
-        deposits = [TransferCommand.posted(uuid7(), issuance, account, cny(amount), "CNY")
-                    for account, amount in ((category_4, "3000"), (category_2, "20000"), (category_1, "50000"))]
+        deposits = [
+            TransferCommand.posted(uuid7(), issuance, account, cny(amount), "CNY")
+            for account, amount in ((category_4, "3000"), (category_2, "20000"), (category_1, "50000"))
+        ]
         await run("top up three wallets from issuance", *deposits)
         lunch = TransferCommand.posted(uuid7(), category_4, merchant, cny("128.50"), "CNY", user_data="order 8841")
         await run("category 4 wallet pays 128.50 for lunch", lunch)
         await run("the same payment retried (same id)", lunch)
-        await run("category 4 wallet tries 2,500.00 (cap 2,000 per payment)",
-                  TransferCommand.posted(uuid7(), category_4, merchant, cny("2500"), "CNY"))
-        await run("category 1 wallet tries 80,000.00 (holds 50,000)",
-                  TransferCommand.posted(uuid7(), category_1, merchant, cny("80000"), "CNY"))
+        await run(
+            "category 4 wallet tries 2,500.00 (cap 2,000 per payment)",
+            TransferCommand.posted(uuid7(), category_4, merchant, cny("2500"), "CNY"),
+        )
+        await run(
+            "category 1 wallet tries 80,000.00 (holds 50,000)",
+            TransferCommand.posted(uuid7(), category_1, merchant, cny("80000"), "CNY"),
+        )
         hold = uuid7()
-        await run("hotel holds 1,000.00 on the category 2 wallet",
-                  TransferCommand.pending(hold, category_2, merchant, cny("1000"), "CNY", timeout_s=3600))
+        await run(
+            "hotel holds 1,000.00 on the category 2 wallet",
+            TransferCommand.pending(hold, category_2, merchant, cny("1000"), "CNY", timeout_s=3600),
+        )
         await run("hotel captures 860.00 at check-out (rest released)", TransferCommand.post(uuid7(), hold, cny("860")))
-        await run("a linked pair whose second breaks its cap: neither happens", *(
-            TransferCommand.posted(uuid7(), category_1, merchant, cny("10"), "CNY", linked=True),
-            TransferCommand.posted(uuid7(), category_4, merchant, cny("99999"), "CNY")))
-        await run("fund 200 payer wallets", *[TransferCommand.posted(uuid7(), issuance, payer, cny("5000"), "CNY")
-                                              for payer in payers])
+        await run(
+            "a linked pair whose second breaks its cap: neither happens",
+            *(
+                TransferCommand.posted(uuid7(), category_1, merchant, cny("10"), "CNY", linked=True),
+                TransferCommand.posted(uuid7(), category_4, merchant, cny("99999"), "CNY"),
+            ),
+        )
+        await run(
+            "fund 200 payer wallets",
+            *[TransferCommand.posted(uuid7(), issuance, payer, cny("5000"), "CNY") for payer in payers],
+        )
         rng = random.Random(2026)
-        burst = [TransferCommand.posted(uuid7(), rng.choice(payers), merchant, rng.randint(1, 2000), "CNY")
-                 for _ in range(payments)]
+        burst = [
+            TransferCommand.posted(uuid7(), rng.choice(payers), merchant, rng.randint(1, 2000), "CNY")
+            for _ in range(payments)
+        ]
         started = time.perf_counter()
         batches_before = batcher.batches_committed
         results = await asyncio.gather(*(batcher.submit(command) for command in burst))
         elapsed = time.perf_counter() - started
         ok = sum(result.ok for result in results)
-        story.add_row(f"{payments:,} concurrent payments into the merchant",
-                      f"{ok:,} ok in {batcher.batches_committed - batches_before} batches, {elapsed:.2f} s "
-                      f"({payments / elapsed:,.0f} transfers/s)")
+        story.add_row(
+            f"{payments:,} concurrent payments into the merchant",
+            f"{ok:,} ok in {batcher.batches_committed - batches_before} batches, {elapsed:.2f} s "
+            f"({payments / elapsed:,.0f} transfers/s)",
+        )
     console.print(story)
 
     balances = Table(title="Balances (CNY)")
@@ -239,14 +286,19 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
     found = await ledger.get_accounts(list(named))
     for account_id, label in named.items():
         b = found[account_id].balances
-        balances.add_row(label, format_amount(b.credits_posted - b.debits_posted, CNY),
-                         format_amount(b.debits_pending + b.credits_pending, CNY),
-                         format_amount(b.available_minor, CNY))
+        balances.add_row(
+            label,
+            format_amount(b.credits_posted - b.debits_posted, CNY),
+            format_amount(b.debits_pending + b.credits_pending, CNY),
+            format_amount(b.available_minor, CNY),
+        )
     console.print(balances)
     report = await ledger.verify_audit()
     if report.ok:
-        console.print(f"[green]audit chain verified[/]: {report.blocks_checked} signed blocks, "
-                      f"{report.transfers_checked} transfers, {report.accounts_checked} accounts")
+        console.print(
+            f"[green]audit chain verified[/]: {report.blocks_checked} signed blocks, "
+            f"{report.transfers_checked} transfers, {report.accounts_checked} accounts"
+        )
         return 0
     console.print(f"[red]audit verification failed[/]: {report.problems}")
     return 1
@@ -270,9 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="recompute the chain, its signatures and every balance")
     verify.add_argument("--public-key", help="base64 Ed25519 public key (default: the data directory's key)")
-    verify.add_argument("--anchor", action="append", default=[], metavar="SEQUENCE:HASH",
-                        help="a block recorded earlier with `ledger audit head`; the chain must still hold it "
-                             "(repeatable)")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        default=[],
+        metavar="SEQUENCE:HASH",
+        help="a block recorded earlier with `ledger audit head`; the chain must still hold it (repeatable)",
+    )
     audit_commands.add_parser("head", help="print the newest block as SEQUENCE:HASH, to record outside the ledger")
     return parser
 

@@ -91,7 +91,7 @@ def postgres_databases() -> PostgresDatabases | None:
     databases = PostgresDatabases(POSTGRES_URL)
     try:
         asyncio.run(databases.setup())
-    except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError, asyncpg.PostgresError) as error:
         if os.environ.get("CI") == "true":
             pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required under CI=true: {error!r}")
         yield None
@@ -174,24 +174,51 @@ async def assert_invariants(ledger: Ledger, *, verify_chain: bool = True) -> Non
     async with ledger.engine.connect() as conn:
         # Summed in Python: SQLite's SUM() refuses to pass 2^63, which overflow tests approach.
         per_currency: dict[str, list[int]] = {}
-        for currency, *balances in await conn.execute(sa.select(
-                accounts.c.currency, accounts.c.debits_posted, accounts.c.credits_posted,
-                accounts.c.debits_pending, accounts.c.credits_pending)):
+        for currency, *balances in await conn.execute(
+            sa.select(
+                accounts.c.currency,
+                accounts.c.debits_posted,
+                accounts.c.credits_posted,
+                accounts.c.debits_pending,
+                accounts.c.credits_pending,
+            )
+        ):
             totals = per_currency.setdefault(currency, [0, 0, 0, 0])
             for index, value in enumerate(balances):
                 totals[index] += value
         for currency, (debits_posted, credits_posted, debits_pending, credits_pending) in per_currency.items():
-            assert debits_posted == credits_posted, f"{currency}: posted debits {debits_posted} != credits {credits_posted}"
-            assert debits_pending == credits_pending, f"{currency}: pending debits {debits_pending} != credits {credits_pending}"
-        broken = (await conn.execute(sa.select(accounts.c.id).where(sa.or_(
-            sa.and_(accounts.c.flags.op("&")(1) != 0,
-                    accounts.c.debits_posted + accounts.c.debits_pending > accounts.c.credits_posted),
-            sa.and_(accounts.c.flags.op("&")(2) != 0,
-                    accounts.c.credits_posted + accounts.c.credits_pending > accounts.c.debits_posted),
-        )))).scalars().all()
+            assert debits_posted == credits_posted, (
+                f"{currency}: posted debits {debits_posted} != credits {credits_posted}"
+            )
+            assert debits_pending == credits_pending, (
+                f"{currency}: pending debits {debits_pending} != credits {credits_pending}"
+            )
+        broken = (
+            (
+                await conn.execute(
+                    sa.select(accounts.c.id).where(
+                        sa.or_(
+                            sa.and_(
+                                accounts.c.flags.op("&")(1) != 0,
+                                accounts.c.debits_posted + accounts.c.debits_pending > accounts.c.credits_posted,
+                            ),
+                            sa.and_(
+                                accounts.c.flags.op("&")(2) != 0,
+                                accounts.c.credits_posted + accounts.c.credits_pending > accounts.c.debits_posted,
+                            ),
+                        )
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert not broken, f"accounts break their balance flags: {broken}"
-        duplicate_ids = (await conn.execute(sa.select(transfers.c.id).group_by(transfers.c.id)
-                                            .having(sa.func.count() > 1))).scalars().all()
+        duplicate_ids = (
+            (await conn.execute(sa.select(transfers.c.id).group_by(transfers.c.id).having(sa.func.count() > 1)))
+            .scalars()
+            .all()
+        )
         assert not duplicate_ids, f"transfer ids stored more than once: {duplicate_ids}"
     if verify_chain:
         report = await ledger.verify_audit()

@@ -37,16 +37,26 @@ async def own_ledger(database_url, signing_key, clock) -> AsyncIterator[Ledger]:
 async def write_history(ledger: Ledger, clock) -> dict[str, UUID]:
     """Four committed batches (blocks 1-4) of every kind of transfer, and one batch that fails whole."""
     funding, wallet, merchant = uuid7(), uuid7(), uuid7()
-    await ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
-                                  AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
-                                  AccountSpec(merchant, "CNY", "merchant", flags=WALLET)])
+    await ledger.create_accounts(
+        [
+            AccountSpec(funding, "CNY", "funding"),
+            AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
+            AccountSpec(merchant, "CNY", "merchant", flags=WALLET),
+        ]
+    )
     pending_a, pending_b = uuid7(), uuid7()
     batches = [
         [Posted(uuid7(), funding, wallet, 10_000, "CNY", user_data="top-up")],
-        [Posted(uuid7(), wallet, merchant, 1_000, "CNY"), Pending(pending_a, wallet, merchant, 2_000, "CNY"),
-         Pending(pending_b, wallet, merchant, 500, "CNY", timeout_s=30)],
-        [Post(uuid7(), pending_a, 1_500), Posted(uuid7(), merchant, funding, 700, "CNY", linked=True),
-         Posted(uuid7(), merchant, funding, 100, "CNY")],
+        [
+            Posted(uuid7(), wallet, merchant, 1_000, "CNY"),
+            Pending(pending_a, wallet, merchant, 2_000, "CNY"),
+            Pending(pending_b, wallet, merchant, 500, "CNY", timeout_s=30),
+        ],
+        [
+            Post(uuid7(), pending_a, 1_500),
+            Posted(uuid7(), merchant, funding, 700, "CNY", linked=True),
+            Posted(uuid7(), merchant, funding, 100, "CNY"),
+        ],
     ]
     for batch in batches:
         assert all(result.ok for result in await ledger.submit(batch))
@@ -59,9 +69,14 @@ async def write_history(ledger: Ledger, clock) -> dict[str, UUID]:
 
 async def block_holding(engine, transfer_seq: int) -> int:
     async with engine.connect() as conn:
-        return (await conn.execute(sa.select(journal_blocks.c.sequence).where(
-            journal_blocks.c.first_transfer_seq <= transfer_seq,
-            journal_blocks.c.first_transfer_seq + journal_blocks.c.transfer_count > transfer_seq))).scalar_one()
+        return (
+            await conn.execute(
+                sa.select(journal_blocks.c.sequence).where(
+                    journal_blocks.c.first_transfer_seq <= transfer_seq,
+                    journal_blocks.c.first_transfer_seq + journal_blocks.c.transfer_count > transfer_seq,
+                )
+            )
+        ).scalar_one()
 
 
 async def execute(engine, statement) -> int:
@@ -91,8 +106,11 @@ async def test_verify_audit_of_an_empty_ledger_is_ok(ledger):
 async def test_only_committed_batches_append_blocks(ledger, clock):
     await write_history(ledger, clock)
     async with ledger.engine.connect() as conn:
-        counts = (await conn.execute(sa.select(journal_blocks.c.transfer_count)
-                                     .order_by(journal_blocks.c.sequence))).scalars().all()
+        counts = (
+            (await conn.execute(sa.select(journal_blocks.c.transfer_count).order_by(journal_blocks.c.sequence)))
+            .scalars()
+            .all()
+        )
     assert counts == [1, 3, 3, 1]  # the all-failed batch wrote no block
 
 
@@ -102,8 +120,9 @@ async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_wi
     auditor_key = VerifyKey(bytes(ledger.verify_key))
     async with ledger.engine.connect() as conn:
         blocks = (await conn.execute(sa.select(journal_blocks).order_by(journal_blocks.c.sequence))).all()
-        stored = [transfer_from_row(row) for row in
-                  (await conn.execute(sa.select(transfers).order_by(transfers.c.seq))).all()]
+        stored = [
+            transfer_from_row(row) for row in (await conn.execute(sa.select(transfers).order_by(transfers.c.seq))).all()
+        ]
     assert [block.sequence for block in blocks] == [1, 2, 3, 4]
     previous = GENESIS_HASH
     for block in blocks:
@@ -111,10 +130,15 @@ async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_wi
         end_seq = block.first_transfer_seq + block.transfer_count
         batch = [t for t in stored if block.first_transfer_seq <= t.seq < end_seq]
         # Recomputed here from the documented layout: SHA-256(prev || domain || header || transfers).
-        digest = hashlib.sha256(previous + BLOCK_DOMAIN
-                                + block.sequence.to_bytes(8, "big") + block.first_transfer_seq.to_bytes(8, "big")
-                                + len(batch).to_bytes(4, "big") + block.created_at_us.to_bytes(8, "big", signed=True)
-                                + b"".join(canonical_transfer_bytes(t) for t in batch)).digest()
+        digest = hashlib.sha256(
+            previous
+            + BLOCK_DOMAIN
+            + block.sequence.to_bytes(8, "big")
+            + block.first_transfer_seq.to_bytes(8, "big")
+            + len(batch).to_bytes(4, "big")
+            + block.created_at_us.to_bytes(8, "big", signed=True)
+            + b"".join(canonical_transfer_bytes(t) for t in batch)
+        ).digest()
         assert bytes(block.hash) == digest
         assert auditor_key.verify(bytes(block.hash), bytes(block.signature)) == bytes(block.hash)
         previous = bytes(block.hash)
@@ -127,17 +151,32 @@ def test_canonical_bytes_change_when_any_stored_field_changes():
 
     from ledger import Transfer, TransferKind
 
-    base = Transfer(uuid7(), TransferKind.PENDING, uuid7(), uuid7(), 100, 0, "CNY", None, 30, 5_000, False, "memo",
-                    1_000, seq=7)
-    changes = dict(id=uuid7(), kind=TransferKind.POSTED, debit_account_id=uuid7(), credit_account_id=uuid7(),
-                   amount_minor=101, released_minor=1, currency="HKD", pending_id=uuid7(), timeout_s=31,
-                   expires_at_us=5_001, linked=True, user_data="memO", created_at_us=1_001, seq=8)
+    base = Transfer(
+        uuid7(), TransferKind.PENDING, uuid7(), uuid7(), 100, 0, "CNY", None, 30, 5_000, False, "memo", 1_000, seq=7
+    )
+    changes = dict(
+        id=uuid7(),
+        kind=TransferKind.POSTED,
+        debit_account_id=uuid7(),
+        credit_account_id=uuid7(),
+        amount_minor=101,
+        released_minor=1,
+        currency="HKD",
+        pending_id=uuid7(),
+        timeout_s=31,
+        expires_at_us=5_001,
+        linked=True,
+        user_data="memO",
+        created_at_us=1_001,
+        seq=8,
+    )
     original = canonical_transfer_bytes(base)
     for name, value in changes.items():
         assert canonical_transfer_bytes(dataclasses.replace(base, **{name: value})) != original, name
     # None and empty user data are different facts and must not hash alike.
-    assert canonical_transfer_bytes(dataclasses.replace(base, user_data=None)) != \
-        canonical_transfer_bytes(dataclasses.replace(base, user_data=""))
+    assert canonical_transfer_bytes(dataclasses.replace(base, user_data=None)) != canonical_transfer_bytes(
+        dataclasses.replace(base, user_data="")
+    )
 
 
 # -- tampering ----------------------------------------------------------------------------------
@@ -146,8 +185,13 @@ def test_canonical_bytes_change_when_any_stored_field_changes():
 async def test_changing_one_stored_amount_is_reported_at_the_block_holding_it(own_ledger, clock):
     await write_history(own_ledger, clock)
     target_seq = 6  # the linked 700 in block 3
-    assert await execute(own_ledger.engine, transfers.update().where(transfers.c.seq == target_seq)
-                         .values(amount_minor=transfers.c.amount_minor + 1)) == 1
+    assert (
+        await execute(
+            own_ledger.engine,
+            transfers.update().where(transfers.c.seq == target_seq).values(amount_minor=transfers.c.amount_minor + 1),
+        )
+        == 1
+    )
     report = await own_ledger.verify_audit()
     assert not report.ok
     assert report.first_bad_block == await block_holding(own_ledger.engine, target_seq) == 3
@@ -157,8 +201,13 @@ async def test_changing_one_stored_amount_is_reported_at_the_block_holding_it(ow
 
 async def test_changing_a_transfers_account_is_reported_at_its_block(own_ledger, clock):
     names = await write_history(own_ledger, clock)
-    assert await execute(own_ledger.engine, transfers.update().where(transfers.c.seq == 1)
-                         .values(credit_account_id=names["merchant"])) == 1
+    assert (
+        await execute(
+            own_ledger.engine,
+            transfers.update().where(transfers.c.seq == 1).values(credit_account_id=names["merchant"]),
+        )
+        == 1
+    )
     report = await own_ledger.verify_audit()
     assert (report.ok, report.first_bad_block) == (False, 1)
 
@@ -166,8 +215,13 @@ async def test_changing_a_transfers_account_is_reported_at_its_block(own_ledger,
 async def test_changing_an_account_balance_is_reported_naming_the_account(own_ledger, clock):
     names = await write_history(own_ledger, clock)
     merchant = names["merchant"]
-    assert await execute(own_ledger.engine, accounts.update().where(accounts.c.id == merchant)
-                         .values(credits_posted=accounts.c.credits_posted + 100)) == 1
+    assert (
+        await execute(
+            own_ledger.engine,
+            accounts.update().where(accounts.c.id == merchant).values(credits_posted=accounts.c.credits_posted + 100),
+        )
+        == 1
+    )
     report = await own_ledger.verify_audit()
     assert not report.ok
     assert report.first_bad_account == merchant
@@ -177,8 +231,12 @@ async def test_changing_an_account_balance_is_reported_naming_the_account(own_le
 
 async def test_changing_a_pending_balance_is_reported_naming_the_account(own_ledger, clock):
     names = await write_history(own_ledger, clock)
-    assert await execute(own_ledger.engine, accounts.update().where(accounts.c.id == names["wallet"])
-                         .values(debits_pending=3)) == 1
+    assert (
+        await execute(
+            own_ledger.engine, accounts.update().where(accounts.c.id == names["wallet"]).values(debits_pending=3)
+        )
+        == 1
+    )
     report = await own_ledger.verify_audit()
     assert (report.ok, report.first_bad_account) == (False, names["wallet"])
 
@@ -239,8 +297,9 @@ async def test_a_forged_signature_is_reported(own_ledger, clock):
     async with own_ledger.engine.connect() as conn:
         block = (await conn.execute(sa.select(journal_blocks).where(journal_blocks.c.sequence == 2))).one()
     forged = SigningKey.generate().sign(bytes(block.hash)).signature
-    await execute(own_ledger.engine, journal_blocks.update().where(journal_blocks.c.sequence == 2)
-                  .values(signature=forged))
+    await execute(
+        own_ledger.engine, journal_blocks.update().where(journal_blocks.c.sequence == 2).values(signature=forged)
+    )
     report = await own_ledger.verify_audit()
     assert (report.ok, report.first_bad_block) == (False, 2)
     assert any("signature" in problem for problem in report.problems)
@@ -285,19 +344,30 @@ async def cut_back_to(ledger: Ledger, head, balances: dict) -> None:
     async with ledger.engine.begin() as conn:
         await conn.execute(sa.delete(transfers).where(transfers.c.seq > head.last_transfer_seq))
         await conn.execute(sa.delete(journal_blocks).where(journal_blocks.c.sequence > head.sequence))
-        await conn.execute(journal_head.update().values(sequence=head.sequence, hash=head.hash,
-                                                        last_transfer_seq=head.last_transfer_seq))
+        await conn.execute(
+            journal_head.update().values(
+                sequence=head.sequence, hash=head.hash, last_transfer_seq=head.last_transfer_seq
+            )
+        )
         for account_id, account in balances.items():
             b = account.balances
-            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(
-                debits_posted=b.debits_posted, credits_posted=b.credits_posted,
-                debits_pending=b.debits_pending, credits_pending=b.credits_pending))
+            await conn.execute(
+                accounts.update()
+                .where(accounts.c.id == account_id)
+                .values(
+                    debits_posted=b.debits_posted,
+                    credits_posted=b.credits_posted,
+                    debits_pending=b.debits_pending,
+                    credits_pending=b.credits_pending,
+                )
+            )
 
 
 async def test_newest_blocks_cut_off_pass_the_chain_check_but_not_an_anchor_recorded_before(own_ledger):
     funding, wallet = uuid7(), uuid7()
-    await own_ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
-                                      AccountSpec(wallet, "CNY", "wallet", flags=WALLET)])
+    await own_ledger.create_accounts(
+        [AccountSpec(funding, "CNY", "funding"), AccountSpec(wallet, "CNY", "wallet", flags=WALLET)]
+    )
     assert (await own_ledger.submit([Posted(uuid7(), funding, wallet, 500, "CNY")]))[0].ok
     earlier_head = await own_ledger.audit_head()
     earlier_balances = await own_ledger.get_accounts([funding, wallet])
@@ -327,8 +397,15 @@ def test_an_anchor_reads_back_what_it_prints_and_refuses_anything_else():
     anchor = Anchor(7, hashlib.sha256(b"block").digest())
     assert Anchor.parse(str(anchor)) == anchor
     assert Anchor.parse(f" {anchor} \n") == anchor
-    for text in ("7", "7:", f"0:{anchor.hash.hex()}", f"-1:{anchor.hash.hex()}", f"x:{anchor.hash.hex()}",
-                 f"7:{anchor.hash.hex()[:-2]}", "7:zz" + anchor.hash.hex()[2:]):
+    for text in (
+        "7",
+        "7:",
+        f"0:{anchor.hash.hex()}",
+        f"-1:{anchor.hash.hex()}",
+        f"x:{anchor.hash.hex()}",
+        f"7:{anchor.hash.hex()[:-2]}",
+        "7:zz" + anchor.hash.hex()[2:],
+    ):
         with pytest.raises(ValueError):
             Anchor.parse(text)
 
@@ -349,12 +426,22 @@ async def test_the_newest_block_is_the_head_and_its_signature_verifies_with_the_
 
 async def open_hold(ledger: Ledger, *, timeout_s: int | None) -> dict[str, UUID]:
     funding, wallet, merchant, hold = uuid7(), uuid7(), uuid7(), uuid7()
-    await ledger.create_accounts([AccountSpec(funding, "CNY", "funding"),
-                                  AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
-                                  AccountSpec(merchant, "CNY", "merchant")])
-    assert all(r.ok for r in await ledger.submit([
-        Posted(uuid7(), funding, wallet, 10_000, "CNY"),
-        Pending(hold, wallet, merchant, 5_000, "CNY", timeout_s=timeout_s)]))
+    await ledger.create_accounts(
+        [
+            AccountSpec(funding, "CNY", "funding"),
+            AccountSpec(wallet, "CNY", "wallet", flags=WALLET),
+            AccountSpec(merchant, "CNY", "merchant"),
+        ]
+    )
+    assert all(
+        r.ok
+        for r in await ledger.submit(
+            [
+                Posted(uuid7(), funding, wallet, 10_000, "CNY"),
+                Pending(hold, wallet, merchant, 5_000, "CNY", timeout_s=timeout_s),
+            ]
+        )
+    )
     assert (await ledger.verify_audit()).ok
     return {"wallet": wallet, "hold": hold}
 
@@ -363,8 +450,10 @@ async def test_a_hold_without_timeout_rewritten_to_the_absent_timeouts_canonical
     """Canonical bytes spell an absent timeout as -1: -1 written into the row hashes the same, and
     with a due row added the sweep would release the hold. Verify knows the ledger never writes -1."""
     ids = await open_hold(own_ledger, timeout_s=None)
-    await execute(own_ledger.engine, transfers.update().where(transfers.c.id == ids["hold"])
-                  .values(timeout_s=-1, expires_at_us=-1))
+    await execute(
+        own_ledger.engine,
+        transfers.update().where(transfers.c.id == ids["hold"]).values(timeout_s=-1, expires_at_us=-1),
+    )
     report = await own_ledger.verify_audit()
     assert not report.ok and any("has timeout_s -1" in problem for problem in report.problems)
 
@@ -389,15 +478,19 @@ async def test_a_due_row_deleted_for_an_open_hold_or_added_for_none_is_reported(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-@pytest.mark.parametrize("column, spell", [
-    ("id", str.upper), ("debit_account_id", lambda text: str(UUID(hex=text)))], ids=["upper-case", "dashes"])
+@pytest.mark.parametrize(
+    "column, spell",
+    [("id", str.upper), ("debit_account_id", lambda text: str(UUID(hex=text)))],
+    ids=["upper-case", "dashes"],
+)
 async def test_an_id_stored_in_another_spelling_on_sqlite_is_reported(own_ledger, column, spell):
     """The same UUID in another spelling keeps the hash but escapes lookups and the unique index:
     the transfer vanishes from get_transfer and a resubmitted id would be applied again."""
     ids = await open_hold(own_ledger, timeout_s=None)
     async with own_ledger.engine.begin() as conn:
-        text = (await conn.exec_driver_sql(f"SELECT {column} FROM transfers WHERE id = ?",
-                                           (ids["hold"].hex,))).scalar_one()
+        text = (
+            await conn.exec_driver_sql(f"SELECT {column} FROM transfers WHERE id = ?", (ids["hold"].hex,))
+        ).scalar_one()
         await conn.exec_driver_sql(f"UPDATE transfers SET {column} = ? WHERE id = ?", (spell(text), ids["hold"].hex))
     report = await own_ledger.verify_audit()
     assert not report.ok and any(f"transfers.{column} values are not ids" in problem for problem in report.problems)

@@ -36,10 +36,15 @@ WAIT_S = 10  # upper bound for anything a test awaits, so a hang fails instead o
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 
 # One and two writer tasks on each backend.
-BACKENDS_AND_WRITERS = pytest.mark.parametrize("backend, writers", [
-    ("sqlite", 1), ("sqlite", 2), ("postgresql", 1),
-    ("postgresql", 2),
-])
+BACKENDS_AND_WRITERS = pytest.mark.parametrize(
+    "backend, writers",
+    [
+        ("sqlite", 1),
+        ("sqlite", 2),
+        ("postgresql", 1),
+        ("postgresql", 2),
+    ],
+)
 
 
 @pytest.fixture
@@ -127,8 +132,10 @@ async def test_concurrent_callers_each_get_their_own_result_in_fewer_batches_tha
         else:
             assert result.ok, result.code
             assert result.transfer.id == command.id
-            assert (result.transfer.credit_account_id, result.transfer.amount_minor) == \
-                (command.credit_account_id, command.amount_minor)
+            assert (result.transfer.credit_account_id, result.transfer.amount_minor) == (
+                command.credit_account_id,
+                command.amount_minor,
+            )
             assert not result.replayed
     assert 1 <= batcher.batches_committed < len(commands)
     assert batcher.batch_sizes_max_seen > 1
@@ -150,7 +157,8 @@ async def test_user_data_the_database_cannot_store_fails_its_own_transfer_and_th
 
     async with Batcher(ledger) as batcher:
         results = await asyncio.wait_for(
-            asyncio.gather(*(batcher.submit(c) for c in [*good[:10], bad, *good[10:]])), WAIT_S)
+            asyncio.gather(*(batcher.submit(c) for c in [*good[:10], bad, *good[10:]])), WAIT_S
+        )
 
     assert results[10].code == ResultCode.INVALID_COMMAND and results[10].transfer is None
     assert all(result.ok for result in results[:10] + results[11:])
@@ -158,13 +166,21 @@ async def test_user_data_the_database_cannot_store_fails_its_own_transfer_and_th
     await assert_invariants(ledger)
 
 
-@pytest.mark.parametrize("field, value, code", [
-    ("id", "not-a-uuid", ResultCode.INVALID_COMMAND), ("debit_account_id", ["unhashable"], ResultCode.INVALID_COMMAND),
-    ("credit_account_id", str(uuid7()), ResultCode.INVALID_COMMAND), ("amount_minor", 1.5, ResultCode.INVALID_AMOUNT),
-    ("linked", "yes", ResultCode.INVALID_COMMAND), ("kind", "posted", ResultCode.INVALID_COMMAND),
-    ("user_data", b"bytes", ResultCode.INVALID_COMMAND), ("currency", 156, ResultCode.INVALID_COMMAND),
-    ("timeout_s", "60", ResultCode.INVALID_COMMAND), ("pending_id", {}, ResultCode.INVALID_COMMAND),
-])
+@pytest.mark.parametrize(
+    "field, value, code",
+    [
+        ("id", "not-a-uuid", ResultCode.INVALID_COMMAND),
+        ("debit_account_id", ["unhashable"], ResultCode.INVALID_COMMAND),
+        ("credit_account_id", str(uuid7()), ResultCode.INVALID_COMMAND),
+        ("amount_minor", 1.5, ResultCode.INVALID_AMOUNT),
+        ("linked", "yes", ResultCode.INVALID_COMMAND),
+        ("kind", "posted", ResultCode.INVALID_COMMAND),
+        ("user_data", b"bytes", ResultCode.INVALID_COMMAND),
+        ("currency", 156, ResultCode.INVALID_COMMAND),
+        ("timeout_s", "60", ResultCode.INVALID_COMMAND),
+        ("pending_id", {}, ResultCode.INVALID_COMMAND),
+    ],
+)
 async def test_a_command_with_a_field_of_the_wrong_type_fails_alone_and_its_batch_commits(ledger, field, value, code):
     [source] = await open_accounts(ledger, 1, kind="funding")
     wallets = await open_accounts(ledger, 5)
@@ -173,7 +189,8 @@ async def test_a_command_with_a_field_of_the_wrong_type_fails_alone_and_its_batc
 
     async with Batcher(ledger) as batcher:
         results = await asyncio.wait_for(
-            asyncio.gather(*(batcher.submit(c) for c in [good[0], good[1], bad, *good[2:]])), WAIT_S)
+            asyncio.gather(*(batcher.submit(c) for c in [good[0], good[1], bad, *good[2:]])), WAIT_S
+        )
 
     assert results[2].code == code and results[2].transfer is None
     assert all(result.ok for result in results[:2] + results[3:])
@@ -193,15 +210,15 @@ async def test_an_object_that_is_no_transfer_command_is_refused_to_its_caller_wi
 
 
 @BACKENDS_AND_WRITERS
-async def test_writer_tasks_committing_batches_at_the_same_time_keep_every_balance_right(
-        ledger, writers, monkeypatch):
+async def test_writer_tasks_committing_batches_at_the_same_time_keep_every_balance_right(ledger, writers, monkeypatch):
     [source] = await open_accounts(ledger, 1, kind="funding")
     wallets = await open_accounts(ledger, 4, flags=WALLET)
     for wallet in wallets:
         await fund(ledger, source, wallet, 10_000)
     await warm_pool(ledger, 4)
-    commands = [TransferCommand.posted(uuid7(), wallets[n % 4], wallets[(n + 1) % 4], 1 + n % 7, "CNY")
-                for n in range(160)]
+    commands = [
+        TransferCommand.posted(uuid7(), wallets[n % 4], wallets[(n + 1) % 4], 1 + n % 7, "CNY") for n in range(160)
+    ]
     overlap = Overlap(ledger, monkeypatch, parties=writers)
     # Batches of at most 20, so that every writer task has one; they commit at the same moment.
     async with Batcher(ledger, writers=writers, batch_size_max=20) as batcher:
@@ -222,26 +239,39 @@ async def test_linked_chains_handed_to_submit_many_stay_whole_in_one_batch(ledge
     a, b, c, poor = await open_accounts(ledger, 4, flags=WALLET)
     await fund(ledger, source, a, 1_000)
     singles = [TransferCommand.posted(uuid7(), source, c, 1, "CNY") for _ in range(5)]
-    good_chain = [TransferCommand.posted(uuid7(), a, b, 300, "CNY", linked=True),
-                  TransferCommand.posted(uuid7(), b, c, 200, "CNY", linked=True),
-                  TransferCommand.posted(uuid7(), c, a, 100, "CNY")]
-    bad_chain = [TransferCommand.posted(uuid7(), a, b, 50, "CNY", linked=True),
-                 TransferCommand.posted(uuid7(), b, c, 50, "CNY", linked=True),
-                 TransferCommand.posted(uuid7(), poor, c, 1, "CNY")]  # poor holds nothing
+    good_chain = [
+        TransferCommand.posted(uuid7(), a, b, 300, "CNY", linked=True),
+        TransferCommand.posted(uuid7(), b, c, 200, "CNY", linked=True),
+        TransferCommand.posted(uuid7(), c, a, 100, "CNY"),
+    ]
+    bad_chain = [
+        TransferCommand.posted(uuid7(), a, b, 50, "CNY", linked=True),
+        TransferCommand.posted(uuid7(), b, c, 50, "CNY", linked=True),
+        TransferCommand.posted(uuid7(), poor, c, 1, "CNY"),
+    ]  # poor holds nothing
 
     # batch_size_max 4: three singles fill most of the first batch, so a chain that could be split
     # would run past the batch boundary.
     async with Batcher(ledger, batch_size_max=4, writers=1) as batcher:  # one writer: batches in order
-        calls = [batcher.submit(singles[0]), batcher.submit(singles[1]), batcher.submit(singles[2]),
-                 batcher.submit_many(good_chain), batcher.submit(singles[3]),
-                 batcher.submit_many(bad_chain), batcher.submit(singles[4])]
+        calls = [
+            batcher.submit(singles[0]),
+            batcher.submit(singles[1]),
+            batcher.submit(singles[2]),
+            batcher.submit_many(good_chain),
+            batcher.submit(singles[3]),
+            batcher.submit_many(bad_chain),
+            batcher.submit(singles[4]),
+        ]
         answers = await asyncio.wait_for(asyncio.gather(*calls), WAIT_S)
 
     good, bad = answers[3], answers[5]
-    assert all(r.ok for r in answers[:3] + [answers[4], answers[6]])
+    assert all(r.ok for r in [*answers[:3], answers[4], answers[6]])
     assert [r.code for r in good] == [ResultCode.OK] * 3
-    assert [r.code for r in bad] == [ResultCode.LINKED_EVENT_FAILED, ResultCode.LINKED_EVENT_FAILED,
-                                     ResultCode.INSUFFICIENT_FUNDS]
+    assert [r.code for r in bad] == [
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.INSUFFICIENT_FUNDS,
+    ]
     assert batcher.batches_committed >= 3  # 10 commands cannot fit in fewer batches of 4
     assert batcher.batch_sizes_max_seen <= 4
     for command in bad_chain:
@@ -249,9 +279,18 @@ async def test_linked_chains_handed_to_submit_many_stay_whole_in_one_batch(ledge
     seqs = [r.transfer.seq for r in good]
     assert seqs == list(range(seqs[0], seqs[0] + 3))
     async with ledger.engine.connect() as conn:
-        holding = (await conn.execute(sa.select(journal_blocks.c.sequence).where(
-            journal_blocks.c.first_transfer_seq <= seqs[0],
-            journal_blocks.c.first_transfer_seq + journal_blocks.c.transfer_count > seqs[-1]))).scalars().all()
+        holding = (
+            (
+                await conn.execute(
+                    sa.select(journal_blocks.c.sequence).where(
+                        journal_blocks.c.first_transfer_seq <= seqs[0],
+                        journal_blocks.c.first_transfer_seq + journal_blocks.c.transfer_count > seqs[-1],
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
     assert len(holding) == 1, "the linked chain was split across journal blocks (batches)"
     a_after, b_after, c_after = [await ledger.get_account(x) for x in (a, b, c)]
     assert a_after.balances.posted_minor == 1_000 - 300 + 100
@@ -261,7 +300,8 @@ async def test_linked_chains_handed_to_submit_many_stay_whole_in_one_batch(ledge
 
 
 async def test_submit_many_ending_in_a_linked_command_answers_chain_open_without_touching_the_database(
-        ledger, monkeypatch):
+    ledger, monkeypatch
+):
     [source] = await open_accounts(ledger, 1, kind="funding")
     [wallet] = await open_accounts(ledger, 1, flags=WALLET)
     calls = []
@@ -273,8 +313,10 @@ async def test_submit_many_ending_in_a_linked_command_answers_chain_open_without
 
     monkeypatch.setattr(ledger, "submit", counting_submit)
     async with Batcher(ledger) as batcher:
-        open_chain = [TransferCommand.posted(uuid7(), source, wallet, 10, "CNY", linked=True),
-                      TransferCommand.posted(uuid7(), source, wallet, 20, "CNY", linked=True)]
+        open_chain = [
+            TransferCommand.posted(uuid7(), source, wallet, 10, "CNY", linked=True),
+            TransferCommand.posted(uuid7(), source, wallet, 20, "CNY", linked=True),
+        ]
         results = await asyncio.wait_for(batcher.submit_many(open_chain), WAIT_S)
         assert [r.code for r in results] == [ResultCode.LINKED_EVENT_FAILED, ResultCode.LINKED_EVENT_CHAIN_OPEN]
         [alone] = await batcher.submit_many([TransferCommand.posted(uuid7(), source, wallet, 5, "CNY", linked=True)])
@@ -282,16 +324,16 @@ async def test_submit_many_ending_in_a_linked_command_answers_chain_open_without
         assert calls == [] and batcher.batches_committed == 0 and batcher.queued == 0
         assert await stored_count(ledger) == 0
         # The batcher is unharmed: the next caller is served normally.
-        assert (await asyncio.wait_for(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 7, "CNY")),
-                                       WAIT_S)).ok
+        assert (
+            await asyncio.wait_for(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 7, "CNY")), WAIT_S)
+        ).ok
     assert len(calls) == 1
     assert (await ledger.get_account(wallet)).balances.credits_posted == 7
     await assert_invariants(ledger)
 
 
 @BACKENDS_AND_WRITERS
-async def test_full_queue_refuses_with_ledger_overloaded_and_refused_calls_leave_no_trace(
-        ledger, writers, monkeypatch):
+async def test_full_queue_refuses_with_ledger_overloaded_and_refused_calls_leave_no_trace(ledger, writers, monkeypatch):
     [source] = await open_accounts(ledger, 1, kind="funding")
     [wallet] = await open_accounts(ledger, 1, flags=WALLET)
     await warm_pool(ledger, writers + 1)
@@ -412,8 +454,7 @@ async def run_sql(ledger, statements) -> None:
             await conn.exec_driver_sql(statement)
 
 
-async def test_database_error_fails_only_that_batch_with_ledger_unavailable_and_the_next_batch_commits(
-        ledger, backend):
+async def test_database_error_fails_only_that_batch_with_ledger_unavailable_and_the_next_batch_commits(ledger, backend):
     [source] = await open_accounts(ledger, 1, kind="funding")
     [wallet] = await open_accounts(ledger, 1, flags=WALLET)
     await run_sql(ledger, INSTALL_FAULT[backend])
@@ -421,7 +462,8 @@ async def test_database_error_fails_only_that_batch_with_ledger_unavailable_and_
     commands = [TransferCommand.posted(uuid7(), source, wallet, amount, "CNY") for amount in amounts]
     async with Batcher(ledger, batch_size_max=5) as batcher:
         outcomes = await asyncio.wait_for(
-            asyncio.gather(*(batcher.submit(c) for c in commands), return_exceptions=True), WAIT_S)
+            asyncio.gather(*(batcher.submit(c) for c in commands), return_exceptions=True), WAIT_S
+        )
         failed = [c for c, o in zip(commands, outcomes) if isinstance(o, BaseException)]
         succeeded = [c for c, o in zip(commands, outcomes) if not isinstance(o, BaseException)]
         assert all(isinstance(o, LedgerUnavailable) or o.ok for o in outcomes), outcomes
@@ -483,8 +525,7 @@ async def test_batcher_keeps_serving_and_expiring_after_a_database_error_during_
         await run_sql(ledger, ["ALTER TABLE pending_timeouts RENAME TO pending_timeouts_away"])
         await asyncio.sleep(0.2)
         await run_sql(ledger, ["ALTER TABLE pending_timeouts_away RENAME TO pending_timeouts"])
-        result = await asyncio.wait_for(batcher.submit(
-            TransferCommand.posted(uuid7(), source, payee, 2, "CNY")), 1.5)
+        result = await asyncio.wait_for(batcher.submit(TransferCommand.posted(uuid7(), source, payee, 2, "CNY")), 1.5)
         assert result.ok
         clock.advance(seconds=61)
         loop = asyncio.get_running_loop()
@@ -500,7 +541,9 @@ async def test_batcher_keeps_serving_and_expiring_after_a_database_error_during_
 
 
 @BACKENDS_AND_WRITERS
-async def test_a_writer_that_stops_on_a_bug_fails_its_waiting_callers_and_refuses_new_work(ledger, writers, monkeypatch):
+async def test_a_writer_that_stops_on_a_bug_fails_its_waiting_callers_and_refuses_new_work(
+    ledger, writers, monkeypatch
+):
     """Nobody may wait forever on a dead writer, and /readyz must be able to tell (``alive``)."""
     [source, wallet] = await open_accounts(ledger, 2)
     batcher = Batcher(ledger, writers=writers)
@@ -520,9 +563,13 @@ async def test_a_writer_that_stops_on_a_bug_fails_its_waiting_callers_and_refuse
     first = await asyncio.wait_for(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY")), WAIT_S)
     assert first.ok
 
-    outcomes = await asyncio.wait_for(asyncio.gather(
-        *(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY")) for _ in range(5)),
-        return_exceptions=True), WAIT_S)
+    outcomes = await asyncio.wait_for(
+        asyncio.gather(
+            *(batcher.submit(TransferCommand.posted(uuid7(), source, wallet, 1, "CNY")) for _ in range(5)),
+            return_exceptions=True,
+        ),
+        WAIT_S,
+    )
 
     assert outcomes and all(isinstance(o, LedgerUnavailable) and "a bug in the writer" in str(o) for o in outcomes)
     assert not batcher.alive
@@ -570,11 +617,12 @@ async def test_a_cancellation_landing_while_sqlite_commits_stays_a_cancellation(
     [source, wallet] = await open_accounts(ledger, 2)
     real_execute = aiosqlite.Connection.execute
     armed = [True]
+    in_flight: list[asyncio.Future] = []  # the COMMIT sent ahead of the cancellation
 
     async def execute(self, sql, *args, **kwargs):
         if sql == "COMMIT" and armed:
             armed.clear()
-            asyncio.ensure_future(real_execute(self, sql, *args, **kwargs))  # COMMIT is on its way
+            in_flight.append(asyncio.ensure_future(real_execute(self, sql, *args, **kwargs)))
             await asyncio.sleep(0)
             raise asyncio.CancelledError()
         return await real_execute(self, sql, *args, **kwargs)

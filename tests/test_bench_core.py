@@ -14,14 +14,32 @@ REQUIRED = {"backend", "scenario", "mode", "transfers_per_second", "p50_ms", "p9
 
 
 async def test_a_tiny_benchmark_runs_every_case_verifies_the_chain_and_writes_the_documented_json(
-        backend, database_url, tmp_path, monkeypatch):
+    backend, database_url, tmp_path, monkeypatch
+):
     # database_url applies the suite's PostgreSQL policy (skip locally, fail under CI) before the
     # benchmark makes databases of its own on the same server.
     monkeypatch.setattr(bench_core, "POSTGRES_URL", POSTGRES_URL)
     out = tmp_path / "bench.json"
-    args = bench_core.parse_args([
-        "--backends", backend, "--transfers", "120", "--baseline-transfers", "12", "--accounts", "30",
-        "--concurrency", "12", "--baseline-concurrency", "3", "--repeat", "3", "--json", str(out)])
+    args = bench_core.parse_args(
+        [
+            "--backends",
+            backend,
+            "--transfers",
+            "120",
+            "--baseline-transfers",
+            "12",
+            "--accounts",
+            "30",
+            "--concurrency",
+            "12",
+            "--baseline-concurrency",
+            "3",
+            "--repeat",
+            "3",
+            "--json",
+            str(out),
+        ]
+    )
 
     results = await bench_core.main_async(args)
     bench_core.write_json(args, results, bench_core._ratios(results))
@@ -36,13 +54,14 @@ async def test_a_tiny_benchmark_runs_every_case_verifies_the_chain_and_writes_th
         runs = sorted(result["runs_transfers_per_second"])
         assert len(runs) == 3 and result["transfers_per_second"] == runs[1]
     names = {(ratio["name"], ratio.get("scenario")) for ratio in document["ratios"]}
-    assert names == {("hot_over_uniform", None), ("batched_over_baseline", "uniform"),
-                     ("batched_over_baseline", "hot")}
+    assert names == {("hot_over_uniform", None), ("batched_over_baseline", "uniform"), ("batched_over_baseline", "hot")}
 
 
 def test_the_reported_run_is_the_median_by_throughput_and_carries_every_run():
-    runs = [bench_core.RunResult("sqlite", "hot", "batched", 10, 1, 1.0, tps, 1.0, 2.0, 0, 1)
-            for tps in (300.0, 100.0, 200.0, 400.0)]
+    runs = [
+        bench_core.RunResult("sqlite", "hot", "batched", 10, 1, 1.0, tps, 1.0, 2.0, 0, 1)
+        for tps in (300.0, 100.0, 200.0, 400.0)
+    ]
     median = bench_core._median_run(runs)
     assert median.transfers_per_second == 200.0  # the lower middle of an even count
     assert median.runs_transfers_per_second == [300.0, 100.0, 200.0, 400.0]
@@ -54,21 +73,41 @@ def test_repeat_must_be_positive():
 
 
 async def test_a_batched_run_can_be_split_over_two_writer_processes_and_every_transfer_succeeds(
-        backend, database_url, tmp_path, monkeypatch):
+    backend, database_url, tmp_path, monkeypatch
+):
     monkeypatch.setattr(bench_core, "POSTGRES_URL", POSTGRES_URL)
-    args = bench_core.parse_args([
-        "--backends", backend, "--modes", "batched", "--transfers", "101", "--accounts", "30",
-        "--concurrency", "8", "--processes", "2", "--repeat", "1"])
+    args = bench_core.parse_args(
+        [
+            "--backends",
+            backend,
+            "--modes",
+            "batched",
+            "--transfers",
+            "101",
+            "--accounts",
+            "30",
+            "--concurrency",
+            "8",
+            "--processes",
+            "2",
+            "--repeat",
+            "1",
+        ]
+    )
 
     results = await bench_core.main_async(args)
 
     # Each case ran in two processes against one database and the chain verified afterwards.
     assert {(r.scenario, r.processes, r.failed, r.transfers) for r in results} == {
-        ("uniform", 2, 0, 101), ("hot", 2, 0, 101)}
+        ("uniform", 2, 0, 101),
+        ("hot", 2, 0, 101),
+    }
     for result in results:
         assert result.batches >= 2  # at least one batch per process
 
 
-@pytest.mark.parametrize("count, percent, rank", [(1, 50, 1), (5, 50, 3), (1001, 50, 501), (100, 99, 99), (200, 99, 198)])
+@pytest.mark.parametrize(
+    "count, percent, rank", [(1, 50, 1), (5, 50, 3), (1001, 50, 501), (100, 99, 99), (200, 99, 198)]
+)
 def test_percentiles_are_nearest_rank(count, percent, rank):
     assert bench_core._percentile([float(n) for n in range(1, count + 1)], percent) == rank

@@ -32,8 +32,9 @@ async def tamper_one_amount(database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(sa.update(transfers).where(transfers.c.seq == 3)
-                               .values(amount_minor=transfers.c.amount_minor + 1))
+            await conn.execute(
+                sa.update(transfers).where(transfers.c.seq == 3).values(amount_minor=transfers.c.amount_minor + 1)
+            )
     finally:
         await engine.dispose()
 
@@ -138,10 +139,15 @@ def test_urls_are_printed_without_their_password_wherever_it_is():
     assert "sslmode=require" in shown and "db/ledger" in shown
 
 
-@pytest.mark.parametrize("plain, expected", [
-    ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"), ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
-    ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"), ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
-])
+@pytest.mark.parametrize(
+    "plain, expected",
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgres://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+asyncpg://u@h/db"),
+    ],
+)
 def test_plain_database_urls_get_the_async_driver(plain, expected):
     assert async_url(plain) == expected
 

@@ -29,8 +29,8 @@ from ledger import (
     TransferCommand,
     TransferKind,
 )
-from ledger.core import SUBMIT_ATTEMPTS_MAX
 from ledger import db as ledger_db
+from ledger.core import SUBMIT_ATTEMPTS_MAX
 from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import accounts, transfers
@@ -81,8 +81,11 @@ async def fund(ledger, source, target, amount: int) -> None:
 def deadlock_retries(stats) -> int:
     """Retries the ledger recorded for a deadlock (the reason names it, e.g. 'DeadlockDetectedError
     (40P01)'; test_retry_reasons_name_a_deadlock_as_a_deadlock holds the ledger to that)."""
-    return sum(count for reason, count in stats.retry_reasons.items()
-               if "deadlock" in reason.lower() or DEADLOCK_SQLSTATE in reason)
+    return sum(
+        count
+        for reason, count in stats.retry_reasons.items()
+        if "deadlock" in reason.lower() or DEADLOCK_SQLSTATE in reason
+    )
 
 
 # -- (a) 50 concurrent spenders of one wallet that can afford 10 ---------------------------------
@@ -106,14 +109,18 @@ async def test_fifty_concurrent_submits_on_one_wallet_that_affords_ten_let_exact
     assert after.posted_minor == 0 and after.debits_posted == 1_000
     assert (await ledger.get_account(merchant)).balances.credits_posted == 1_000
     async with ledger.engine.connect() as conn:
-        stored = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
-                                     .where(transfers.c.debit_account_id == wallet))).scalar_one()
+        stored = (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(transfers).where(transfers.c.debit_account_id == wallet)
+            )
+        ).scalar_one()
     assert stored == 10
     await assert_invariants(ledger)
 
 
 async def test_fifty_concurrent_batcher_callers_on_one_wallet_that_affords_ten_let_exactly_ten_through(
-        instances, monkeypatch):
+    instances, monkeypatch
+):
     ledger = instances(pool_size=60, max_overflow=0)
     [source, merchant] = await open_accounts(ledger, 2, kind="funding")
     wallets = await open_accounts(ledger, 5, flags=WALLET)
@@ -140,8 +147,7 @@ async def test_fifty_concurrent_batcher_callers_on_one_wallet_that_affords_ten_l
     await assert_invariants(ledger)
 
 
-async def test_fifty_batcher_callers_with_one_writer_on_one_wallet_that_affords_ten_let_exactly_ten_through(
-        instances):
+async def test_fifty_batcher_callers_with_one_writer_on_one_wallet_that_affords_ten_let_exactly_ten_through(instances):
     ledger = instances()
     [source, merchant] = await open_accounts(ledger, 2, kind="funding")
     [wallet] = await open_accounts(ledger, 1, flags=WALLET)
@@ -193,6 +199,7 @@ async def test_two_instances_writing_the_same_accounts_lose_no_update(instances,
             await run([b1.submit, b2.submit])
         assert b1.batches_committed > 0 and b2.batches_committed > 0
     else:
+
         async def direct(instance, command):
             [result] = await instance.submit([command])
             return result
@@ -210,8 +217,10 @@ async def test_two_instances_writing_the_same_accounts_lose_no_update(instances,
     for account in members:
         funded = 2_000 if account in wallets else 0
         balances = stored[account].balances
-        assert (balances.debits_posted, balances.credits_posted) == \
-            (expected[account][0], expected[account][1] + funded), f"lost update on {account}"
+        assert (balances.debits_posted, balances.credits_posted) == (
+            expected[account][0],
+            expected[account][1] + funded,
+        ), f"lost update on {account}"
     await assert_invariants(one)
 
 
@@ -247,7 +256,7 @@ async def test_instances_submitting_batches_in_opposite_account_orders_never_dea
     deadline = loop.time() + WAIT_S
     while not work.done():
         # A deadlock costs deadlock_timeout (1 s) and a retry: fail on the first one, not after a storm.
-        retried = {n: l.stats.retry_reasons for n, l in enumerate(ledgers) if l.stats.retries}
+        retried = {n: lg.stats.retry_reasons for n, lg in enumerate(ledgers) if lg.stats.retries}
         if retried or loop.time() > deadline:
             work.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -279,8 +288,9 @@ async def deadlock_one_submit(ledger, a, b) -> list:
             batch = asyncio.create_task(ledger.submit([TransferCommand.posted(uuid7(), first, second, 5, "CNY")]))
             await asyncio.sleep(0.2)  # the batch now holds `first` and waits for `second`
             assert not batch.done()
-            await asyncio.wait_for(conn.execute(
-                sa.select(accounts.c.id).where(accounts.c.id == first).with_for_update()), WAIT_S)
+            await asyncio.wait_for(
+                conn.execute(sa.select(accounts.c.id).where(accounts.c.id == first).with_for_update()), WAIT_S
+            )
         return await asyncio.wait_for(batch, WAIT_S)
     finally:
         await outside.dispose()
@@ -357,7 +367,9 @@ async def test_two_instances_racing_to_resolve_one_pending_transfer_exactly_one_
     assert all(r.ok for r in await one.submit(holds))
 
     def resolution(kind: str, pending_id):
-        return TransferCommand.post(uuid7(), pending_id) if kind == "post" else TransferCommand.void(uuid7(), pending_id)
+        return (
+            TransferCommand.post(uuid7(), pending_id) if kind == "post" else TransferCommand.void(uuid7(), pending_id)
+        )
 
     first_kind, second_kind = race.split("_vs_")
     calls = []
@@ -383,8 +395,11 @@ async def test_two_instances_racing_to_resolve_one_pending_transfer_exactly_one_
     assert payee_after.credits_posted == posted_total
     assert payer_after.posted_minor == 10_000 - posted_total
     async with one.engine.connect() as conn:
-        resolutions = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
-                                          .where(transfers.c.pending_id.is_not(None)))).scalar_one()
+        resolutions = (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(transfers).where(transfers.c.pending_id.is_not(None))
+            )
+        ).scalar_one()
     assert resolutions == len(holds)
     await assert_invariants(one)
 
@@ -398,8 +413,9 @@ async def test_the_same_transfer_id_from_two_instances_at_once_is_stored_once_an
     wallets = await open_accounts(one, 4, flags=WALLET)
     commands = [TransferCommand.posted(uuid7(), source, wallets[n % 4], 100 + n, "CNY") for n in range(30)]
 
-    answers = await asyncio.wait_for(asyncio.gather(*(
-        instance.submit([command]) for command in commands for instance in (one, two))), WAIT_S)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(instance.submit([command]) for command in commands for instance in (one, two))), WAIT_S
+    )
 
     for n, command in enumerate(commands):
         [a], [b] = answers[2 * n], answers[2 * n + 1]
@@ -409,8 +425,11 @@ async def test_the_same_transfer_id_from_two_instances_at_once_is_stored_once_an
         assert a.transfer.seq == b.transfer.seq
         assert a.transfer.amount_minor == b.transfer.amount_minor == command.amount_minor
     async with one.engine.connect() as conn:
-        stored = (await conn.execute(sa.select(sa.func.count()).select_from(transfers)
-                                     .where(transfers.c.id.in_([c.id for c in commands])))).scalar_one()
+        stored = (
+            await conn.execute(
+                sa.select(sa.func.count()).select_from(transfers).where(transfers.c.id.in_([c.id for c in commands]))
+            )
+        ).scalar_one()
     assert stored == len(commands)
     balances = await one.get_accounts(wallets)
     for n, wallet in enumerate(wallets):
@@ -429,8 +448,9 @@ async def test_the_same_transfer_id_spending_a_whole_wallet_from_two_instances_i
         await fund(one, source, wallet, 100)
     commands = [TransferCommand.posted(uuid7(), wallet, merchant, 100, "CNY") for wallet in wallets]
 
-    answers = await asyncio.wait_for(asyncio.gather(*(
-        instance.submit([command]) for command in commands for instance in (one, two))), WAIT_S)
+    answers = await asyncio.wait_for(
+        asyncio.gather(*(instance.submit([command]) for command in commands for instance in (one, two))), WAIT_S
+    )
 
     codes = [(a.code, b.code) for [a], [b] in zip(answers[::2], answers[1::2])]
     assert all(pair == (ResultCode.OK, ResultCode.OK) for pair in codes), codes
@@ -451,9 +471,11 @@ async def test_a_batch_that_keeps_hitting_a_retryable_error_gives_up_with_ledger
     async with ledger.engine.begin() as conn:
         await conn.exec_driver_sql(
             "CREATE FUNCTION always_conflict() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN RAISE EXCEPTION 'injected conflict' USING ERRCODE = '40001'; END $$")
+            "$$ BEGIN RAISE EXCEPTION 'injected conflict' USING ERRCODE = '40001'; END $$"
+        )
         await conn.exec_driver_sql(
-            "CREATE TRIGGER always_conflict BEFORE INSERT ON transfers FOR EACH ROW EXECUTE FUNCTION always_conflict()")
+            "CREATE TRIGGER always_conflict BEFORE INSERT ON transfers FOR EACH ROW EXECUTE FUNCTION always_conflict()"
+        )
     command = TransferCommand.posted(uuid7(), source, target, 1, "CNY")
     try:
         with pytest.raises(LedgerUnavailable):
@@ -478,7 +500,8 @@ async def terminate(ledger, pid: int) -> None:
 
 
 async def test_a_batch_whose_connection_is_terminated_midway_is_retried_on_a_new_one_and_applied_once(
-        instances, monkeypatch):
+    instances, monkeypatch
+):
     ledger = instances()
     [source, merchant] = await open_accounts(ledger, 2, kind="funding")
     store, real_lock_head, killed = ledger._store, ledger._store.lock_head, []
@@ -562,7 +585,8 @@ async def test_after_a_restart_a_read_on_connections_idle_in_the_pool_succeeds_a
 
 
 async def test_a_commit_whose_acknowledgement_is_lost_while_the_database_stays_away_is_reported_unknown(
-        instances, monkeypatch):
+    instances, monkeypatch
+):
     """The COMMIT reaches the server, the connection dies before its answer, and the retry cannot
     reconnect: the batch is committed, so the caller must hear "outcome unknown, resubmit the same
     ids", never "not committed" (a caller believing that might pay again under a new id)."""
@@ -600,7 +624,8 @@ async def test_a_commit_whose_acknowledgement_is_lost_while_the_database_stays_a
 
 
 async def test_a_connection_lost_before_the_commit_and_a_database_that_stays_away_is_reported_not_committed(
-        instances, monkeypatch):
+    instances, monkeypatch
+):
     import asyncpg
 
     ledger, other = instances(), instances()

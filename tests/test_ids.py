@@ -40,7 +40,7 @@ def test_a_forked_child_draws_other_random_bits_than_its_parent():
         received += chunk
     os.close(read_end)
     os.waitpid(pid, 0)
-    child = {UUID(bytes=received[i:i + 16]).int & ((1 << 62) - 1) for i in range(0, len(received), 16)}
+    child = {UUID(bytes=received[i : i + 16]).int & ((1 << 62) - 1) for i in range(0, len(received), 16)}
     assert len(child) == 500
     # Compared without the time bits: inherited random bytes would repeat even a millisecond apart.
     assert not parent & child

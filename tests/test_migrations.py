@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from conftest import POSTGRES_URL
 from nacl.signing import SigningKey
 from sqlalchemy.exc import IntegrityError
-from conftest import POSTGRES_URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger import AccountFlags, AccountSpec, Ledger, TransferCommand
@@ -79,8 +79,14 @@ def _check_constraint_names(sync_conn) -> dict[str, set[str]]:
 async def test_migrations_build_the_check_constraints_of_the_schema_module_with_their_names(empty_engine):
     # Alembic's comparison does not look at CHECK constraints, so compare their names here.
     await migrate(empty_engine)
-    expected = {table: {constraint.name for constraint in metadata.tables[table].constraints
-                        if isinstance(constraint, sa.CheckConstraint)} for table in LEDGER_TABLES}
+    expected = {
+        table: {
+            constraint.name
+            for constraint in metadata.tables[table].constraints
+            if isinstance(constraint, sa.CheckConstraint)
+        }
+        for table in LEDGER_TABLES
+    }
     async with empty_engine.connect() as conn:
         assert await conn.run_sync(_check_constraint_names) == expected
     assert sum(map(len, expected.values())) == 12
@@ -112,9 +118,12 @@ async def test_upgrade_downgrade_upgrade_leaves_a_working_seeded_ledger(empty_en
 
     ledger = Ledger(empty_engine, SigningKey.generate(), clock=clock)
     source, wallet = uuid7(), uuid7()
-    await ledger.create_accounts([
-        AccountSpec(source, "CNY", "funding"),
-        AccountSpec(wallet, "CNY", "wallet", flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)])
+    await ledger.create_accounts(
+        [
+            AccountSpec(source, "CNY", "funding"),
+            AccountSpec(wallet, "CNY", "wallet", flags=AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+        ]
+    )
     [result] = await ledger.submit([TransferCommand.posted(uuid7(), source, wallet, 100, "CNY")])
     assert result.ok
     report = await ledger.verify_audit()
@@ -136,9 +145,15 @@ async def test_the_migrated_database_itself_refuses_a_wallet_balance_below_zero(
     try:
         wallet = uuid7()
         async with engine.begin() as conn:
-            await conn.execute(accounts.insert().values(
-                id=wallet, currency="CNY", kind="wallet", flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
-                created_at_us=0))
+            await conn.execute(
+                accounts.insert().values(
+                    id=wallet,
+                    currency="CNY",
+                    kind="wallet",
+                    flags=int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS),
+                    created_at_us=0,
+                )
+            )
         with pytest.raises(IntegrityError):
             async with engine.begin() as conn:
                 await conn.execute(accounts.update().where(accounts.c.id == wallet).values(debits_posted=1))
@@ -156,8 +171,10 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync_and_foreign_keys(tmp_path)
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'pragmas.db'}")
     try:
         async with engine.connect() as conn:
-            pragmas = {name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
-                       for name in ("journal_mode", "synchronous", "foreign_keys")}
+            pragmas = {
+                name: (await conn.exec_driver_sql(f"PRAGMA {name}")).scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys")
+            }
     finally:
         await engine.dispose()
     assert pragmas == {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1}
@@ -167,18 +184,24 @@ async def test_sqlite_runs_in_wal_mode_with_full_sync_and_foreign_keys(tmp_path)
 async def test_postgresql_storage_options_of_the_schema_module_are_those_the_migration_set(backend, empty_engine):
     # Alembic's comparison does not look at table storage options (WITH (fillfactor=...)).
     await migrate(empty_engine)
-    expected = {table.name: {key: str(value) for key, value in
-                             (table.dialect_options["postgresql"]["with"] or {}).items()}
-                for table in metadata.tables.values()}
+    expected = {
+        table.name: {key: str(value) for key, value in (table.dialect_options["postgresql"]["with"] or {}).items()}
+        for table in metadata.tables.values()
+    }
     async with empty_engine.connect() as conn:
-        rows = (await conn.execute(sa.text(
-            "SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' AND relname = ANY(:names)"),
-            {"names": sorted(LEDGER_TABLES)})).all()
+        rows = (
+            await conn.execute(
+                sa.text("SELECT relname, reloptions FROM pg_class WHERE relkind = 'r' AND relname = ANY(:names)"),
+                {"names": sorted(LEDGER_TABLES)},
+            )
+        ).all()
     actual = {name: dict(option.split("=", 1) for option in (options or [])) for name, options in rows}
     assert actual == expected
 
 
-async def test_two_processes_migrating_an_empty_database_at_once_both_succeed(empty_engine, backend, database_url, tmp_path):
+async def test_two_processes_migrating_an_empty_database_at_once_both_succeed(
+    empty_engine, backend, database_url, tmp_path
+):
     """Two `ledger init`s starting together: the second waits for the first and finds the schema
     current (on PostgreSQL the first's half-made tables used to fail it with a duplicate key)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}" if backend == "sqlite" else database_url
@@ -205,15 +228,23 @@ def _definitions(sync_conn) -> dict:
         return " ".join(str(getattr(where, "text", where)).split()) if where is not None else ""
 
     return {
-        table: (sorted((check["name"], " ".join(check["sqltext"].split())) for check in inspector.get_check_constraints(table)),
-                sorted((index["name"], tuple(index["column_names"]), bool(index["unique"]), predicate(index))
-                       for index in inspector.get_indexes(table)))
-        for table in inspector.get_table_names() if table != "alembic_version"
+        table: (
+            sorted(
+                (check["name"], " ".join(check["sqltext"].split())) for check in inspector.get_check_constraints(table)
+            ),
+            sorted(
+                (index["name"], tuple(index["column_names"]), bool(index["unique"]), predicate(index))
+                for index in inspector.get_indexes(table)
+            ),
+        )
+        for table in inspector.get_table_names()
+        if table != "alembic_version"
     }
 
 
 async def test_migrations_build_the_same_check_expressions_and_index_predicates_as_the_schema_module(
-        empty_engine, backend, tmp_path):
+    empty_engine, backend, tmp_path
+):
     admin = None
     if backend == "sqlite":
         reference_url = f"sqlite+aiosqlite:///{tmp_path / 'create_all.db'}"
@@ -221,8 +252,9 @@ async def test_migrations_build_the_same_check_expressions_and_index_predicates_
         reference_name = f"ledger_create_all_{uuid7().hex[:10]}"
         admin = await asyncpg.connect(POSTGRES_URL.replace("postgresql+asyncpg://", "postgresql://", 1))
         await admin.execute(f'CREATE DATABASE "{reference_name}"')
-        reference_url = sa.engine.make_url(POSTGRES_URL).set(database=reference_name).render_as_string(
-            hide_password=False)
+        reference_url = (
+            sa.engine.make_url(POSTGRES_URL).set(database=reference_name).render_as_string(hide_password=False)
+        )
     reference = create_engine(reference_url)
     try:
         await migrate(empty_engine)
@@ -239,5 +271,7 @@ async def test_migrations_build_the_same_check_expressions_and_index_predicates_
             await admin.close()
     assert migrated == modelled
     # The comparison sees what it should: the partial unique index keeps its predicate.
-    assert any(name == "uq_transfers_pending_id" and "pending_id IS NOT NULL" in where
-               for name, _, _, where in migrated["transfers"][1])
+    assert any(
+        name == "uq_transfers_pending_id" and "pending_id IS NOT NULL" in where
+        for name, _, _, where in migrated["transfers"][1]
+    )

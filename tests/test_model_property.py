@@ -46,10 +46,10 @@ from uuid import UUID, uuid4
 
 import pytest
 import sqlalchemy as sa
+from conftest import FakeClock, assert_invariants
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from conftest import FakeClock, assert_invariants
 from ledger import (
     AccountFlags,
     AccountResultCode,
@@ -78,8 +78,11 @@ SHANGHAI = timezone(timedelta(hours=8), "Asia/Shanghai")
 
 POSTED, PENDING = TransferKind.POSTED, TransferKind.PENDING
 POST, VOID, EXPIRE = TransferKind.POST_PENDING, TransferKind.VOID_PENDING, TransferKind.EXPIRE_PENDING
-ALREADY = {POST: ResultCode.PENDING_TRANSFER_ALREADY_POSTED, VOID: ResultCode.PENDING_TRANSFER_ALREADY_VOIDED,
-           EXPIRE: ResultCode.PENDING_TRANSFER_EXPIRED}
+ALREADY = {
+    POST: ResultCode.PENDING_TRANSFER_ALREADY_POSTED,
+    VOID: ResultCode.PENDING_TRANSFER_ALREADY_VOIDED,
+    EXPIRE: ResultCode.PENDING_TRANSFER_EXPIRED,
+}
 
 
 def business_date(at_us: int) -> date:
@@ -158,8 +161,9 @@ class Model:
             return AccountResultCode.ACCOUNT_CLOSED  # closing is final
         # Closing needs an empty account: nothing held either way and a net posted balance of zero
         # (posted totals only grow, so "all four balances at zero" can only mean this).
-        if status is AccountStatus.CLOSED and (account.credits_posted != account.debits_posted
-                                               or account.debits_pending or account.credits_pending):
+        if status is AccountStatus.CLOSED and (
+            account.credits_posted != account.debits_posted or account.debits_pending or account.credits_pending
+        ):
             return AccountResultCode.ACCOUNT_NOT_EMPTY
         account.status = status
         return AccountResultCode.OK
@@ -191,7 +195,7 @@ class Model:
                 outcomes += [Outcome(ResultCode.LINKED_EVENT_FAILED)] * (end - start - 1)
                 outcomes.append(Outcome(ResultCode.LINKED_EVENT_CHAIN_OPEN))
                 break
-            chain = commands[start:end + 1]
+            chain = commands[start : end + 1]
             saved = copy.deepcopy((self.accounts, self.transfers, self.resolutions)) if len(chain) > 1 else None
             results: list[Outcome] = []
             for position, command in enumerate(chain):
@@ -208,24 +212,48 @@ class Model:
 
     def expire_due(self) -> int:
         """The sweep: every unresolved hold whose timeout has passed returns to its source."""
-        due = [transfer_id for transfer_id, transfer in self.transfers.items()
-               if transfer.kind is PENDING and transfer_id not in self.resolutions
-               and transfer.expires_at_us is not None and transfer.expires_at_us <= self.now_us]
+        due = [
+            transfer_id
+            for transfer_id, transfer in self.transfers.items()
+            if transfer.kind is PENDING
+            and transfer_id not in self.resolutions
+            and transfer.expires_at_us is not None
+            and transfer.expires_at_us <= self.now_us
+        ]
         for pending_id in due:
             pending = self.transfers[pending_id]
             self._release(pending, posted=0)
             self.resolutions[pending_id] = EXPIRE
-            self.expiries[pending_id] = MTransfer(EXPIRE, pending.debit, pending.credit, pending.amount,
-                                                  pending.currency, False, None, None, None, pending_id, self.now_us)
+            self.expiries[pending_id] = MTransfer(
+                EXPIRE,
+                pending.debit,
+                pending.credit,
+                pending.amount,
+                pending.currency,
+                False,
+                None,
+                None,
+                None,
+                pending_id,
+                self.now_us,
+            )
         return len(due)
 
     def stored(self, account_ids: set[UUID]) -> list[tuple[str, UUID, TransferKind]]:
         """What the ledger must have stored for these accounts: every accepted transfer once (an
         expiry, whose id the ledger derives, by its hold's id), nothing that failed."""
-        return sorted([("id", transfer_id, transfer.kind) for transfer_id, transfer in self.transfers.items()
-                       if {transfer.debit, transfer.credit} & account_ids]
-                      + [("expiry of", pending_id, EXPIRE) for pending_id, expiry in self.expiries.items()
-                         if {expiry.debit, expiry.credit} & account_ids])
+        return sorted(
+            [
+                ("id", transfer_id, transfer.kind)
+                for transfer_id, transfer in self.transfers.items()
+                if {transfer.debit, transfer.credit} & account_ids
+            ]
+            + [
+                ("expiry of", pending_id, EXPIRE)
+                for pending_id, expiry in self.expiries.items()
+                if {expiry.debit, expiry.credit} & account_ids
+            ]
+        )
 
     def _apply(self, command: TransferCommand) -> Outcome:
         stored = self.transfers.get(command.id)
@@ -241,9 +269,13 @@ class Model:
         if (command.kind, command.linked, command.user_data) != (stored.kind, stored.linked, stored.user_data):
             return False
         if command.kind in (POSTED, PENDING):
-            return ((command.debit_account_id, command.credit_account_id, command.amount_minor, command.currency,
-                     command.timeout_s)
-                    == (stored.debit, stored.credit, stored.amount, stored.currency, stored.timeout_s))
+            return (
+                command.debit_account_id,
+                command.credit_account_id,
+                command.amount_minor,
+                command.currency,
+                command.timeout_s,
+            ) == (stored.debit, stored.credit, stored.amount, stored.currency, stored.timeout_s)
         if command.pending_id != stored.pending_id:
             return False
         if command.kind is POST:
@@ -275,11 +307,15 @@ class Model:
         if debit.limits.transfer_cap_minor is not None and amount > debit.limits.transfer_cap_minor:
             return Outcome(ResultCode.TRANSFER_CAP_EXCEEDED)
         # Holds count against the spender at once; incoming holds do not count as funds.
-        if (debit.flags & DEBITS_MUST_NOT_EXCEED_CREDITS
-                and debit.debits_posted + debit.debits_pending + amount > debit.credits_posted):
+        if (
+            debit.flags & DEBITS_MUST_NOT_EXCEED_CREDITS
+            and debit.debits_posted + debit.debits_pending + amount > debit.credits_posted
+        ):
             return Outcome(ResultCode.INSUFFICIENT_FUNDS)
-        if (credit.flags & CREDITS_MUST_NOT_EXCEED_DEBITS
-                and credit.credits_posted + credit.credits_pending + amount > credit.debits_posted):
+        if (
+            credit.flags & CREDITS_MUST_NOT_EXCEED_DEBITS
+            and credit.credits_posted + credit.credits_pending + amount > credit.debits_posted
+        ):
             return Outcome(ResultCode.CREDITS_EXCEED_DEBITS)
         cap = credit.limits.balance_cap_minor
         if cap is not None and credit.credits_posted + credit.credits_pending - credit.debits_posted + amount > cap:
@@ -302,8 +338,18 @@ class Model:
                 expires_at_us = self.now_us + command.timeout_s * 1_000_000
         debit.count_debit(today, amount)
         self.transfers[command.id] = MTransfer(
-            command.kind, command.debit_account_id, command.credit_account_id, amount, command.currency,
-            command.linked, command.user_data, command.timeout_s, expires_at_us, None, self.now_us)
+            command.kind,
+            command.debit_account_id,
+            command.credit_account_id,
+            amount,
+            command.currency,
+            command.linked,
+            command.user_data,
+            command.timeout_s,
+            expires_at_us,
+            None,
+            self.now_us,
+        )
         return Outcome(ResultCode.OK, False, amount)
 
     def _resolve(self, command: TransferCommand) -> Outcome:
@@ -316,9 +362,11 @@ class Model:
             return Outcome(ResultCode.PENDING_TRANSFER_NOT_FOUND)
         if pending.kind is not PENDING:
             return Outcome(ResultCode.PENDING_TRANSFER_NOT_PENDING)
-        if ((command.debit_account_id not in (None, pending.debit))
-                or (command.credit_account_id not in (None, pending.credit))
-                or (command.currency not in (None, pending.currency))):
+        if (
+            (command.debit_account_id not in (None, pending.debit))
+            or (command.credit_account_id not in (None, pending.credit))
+            or (command.currency not in (None, pending.currency))
+        ):
             return Outcome(ResultCode.PENDING_FIELDS_MISMATCH)
         if command.pending_id in self.resolutions:
             return Outcome(ALREADY[self.resolutions[command.pending_id]])
@@ -339,8 +387,18 @@ class Model:
         posted = amount if command.kind is POST else 0
         self._release(pending, posted)
         self.transfers[command.id] = MTransfer(
-            command.kind, pending.debit, pending.credit, amount, pending.currency, command.linked,
-            command.user_data, None, None, command.pending_id, self.now_us)
+            command.kind,
+            pending.debit,
+            pending.credit,
+            amount,
+            pending.currency,
+            command.linked,
+            command.user_data,
+            None,
+            None,
+            command.pending_id,
+            self.now_us,
+        )
         self.resolutions[command.pending_id] = command.kind
         return Outcome(ResultCode.OK, False, amount if command.kind is POST else None)
 
@@ -369,7 +427,7 @@ DRAIN_PASSES_MAX = 10  # expire_pending() passes before an example; one sweeps u
 class AccountPlan:
     flags: int = 0
     currency: str = "CNY"
-    limits: Limits = Limits()
+    limits: Limits = Limits()  # noqa: RUF009 (frozen, so one shared default is safe)
 
 
 @dataclass(frozen=True)
@@ -469,17 +527,27 @@ amounts = mostly(st.sampled_from([5, 10, 10, 20, 25, 50]), st.integers(1, 80), o
 
 
 def caps(*round_values: int) -> st.SearchStrategy:
-    return mostly(st.none(), mostly(st.sampled_from(round_values), st.integers(1, 2 * max(round_values)), one_in=4),
-                  one_in=2)
+    return mostly(
+        st.none(), mostly(st.sampled_from(round_values), st.integers(1, 2 * max(round_values)), one_in=4), one_in=2
+    )
 
 
-limits_strategy = st.builds(Limits, balance_cap_minor=caps(50, 100, 150, 200), transfer_cap_minor=caps(10, 20, 50),
-                            daily_debit_cap_minor=caps(20, 50, 60, 100), annual_debit_cap_minor=caps(50, 100, 150))
+limits_strategy = st.builds(
+    Limits,
+    balance_cap_minor=caps(50, 100, 150, 200),
+    transfer_cap_minor=caps(10, 20, 50),
+    daily_debit_cap_minor=caps(20, 50, 60, 100),
+    annual_debit_cap_minor=caps(50, 100, 150),
+)
 # Account 0 is always a plain CNY funding account, and the last one an HKD funding account when
 # some drawn account is in HKD.
 FUNDING = {"CNY": AccountPlan(), "HKD": AccountPlan(currency="HKD")}
-account_plans = st.builds(AccountPlan, flags=st.sampled_from([0, 1, 1, 2]),
-                          currency=mostly(st.just("CNY"), st.just("HKD"), one_in=6), limits=limits_strategy)
+account_plans = st.builds(
+    AccountPlan,
+    flags=st.sampled_from([0, 1, 1, 2]),
+    currency=mostly(st.just("CNY"), st.just("HKD"), one_in=6),
+    limits=limits_strategy,
+)
 user_data = mostly(st.none(), st.sampled_from(["memo", "other memo"]), one_in=6)
 
 
@@ -492,42 +560,67 @@ def new_transfers(draw, plans: tuple[AccountPlan, ...]) -> New:
     pending = draw(st.booleans())
     timeout = None
     if pending:
-        timeout = draw(mostly(st.sampled_from([None, None, 1, 30, 60, 3600, 86_400]),
-                              st.sampled_from([0, TIMEOUT_MAX_S + 1]), one_in=20))
+        timeout = draw(
+            mostly(
+                st.sampled_from([None, None, 1, 30, 60, 3600, 86_400]),
+                st.sampled_from([0, TIMEOUT_MAX_S + 1]),
+                one_in=20,
+            )
+        )
     elif draw(st.integers(0, 29)) == 29:
         timeout = 60  # a timeout on a posted transfer is malformed
     debit = draw(account_refs(plans))
     # Mostly another account of the same currency; rarely any account, the same one or none.
     currency = "CNY" if debit == GHOST else plans[debit].currency
     peers = [index for index, plan in enumerate(plans) if plan.currency == currency and index != debit] or [
-        index for index in range(len(plans)) if index != debit]
+        index for index in range(len(plans)) if index != debit
+    ]
     credit = draw(mostly(st.sampled_from(peers), st.sampled_from([*range(len(plans)), debit, GHOST]), one_in=20))
-    return New(pending, debit, credit, draw(mostly(amounts, st.sampled_from([0, -5, 150, 400]), one_in=16)),
-               draw(mostly(st.none(), st.sampled_from(["CNY", "HKD"]), one_in=30)), timeout, draw(user_data))
+    return New(
+        pending,
+        debit,
+        credit,
+        draw(mostly(amounts, st.sampled_from([0, -5, 150, 400]), one_in=16)),
+        draw(mostly(st.none(), st.sampled_from(["CNY", "HKD"]), one_in=30)),
+        timeout,
+        draw(user_data),
+    )
 
 
 resolves = st.builds(
-    Resolve, void=mostly(st.just(False), st.just(True), one_in=3), target=st.integers(0, 6),
+    Resolve,
+    void=mostly(st.just(False), st.just(True), one_in=3),
+    target=st.integers(0, 6),
     ref=mostly(st.just("pending"), st.sampled_from(["any", "unknown"]), one_in=10),
     amount=st.sampled_from(["none", "none", "some", "some", "whole", "zero"]).flatmap(
-        lambda kind: {"none": st.none(), "some": amounts, "whole": st.just("whole"),
-                      "zero": st.just(0)}[kind]),
-    user_data=user_data)
-retries = st.builds(Retry, target=st.integers(0, 10),
-                    change=st.sampled_from(["none", "none", "none", "amount", "user_data", "kind"]))
+        lambda kind: {"none": st.none(), "some": amounts, "whole": st.just("whole"), "zero": st.just(0)}[kind]
+    ),
+    user_data=user_data,
+)
+retries = st.builds(
+    Retry, target=st.integers(0, 10), change=st.sampled_from(["none", "none", "none", "amount", "user_data", "kind"])
+)
 
 
 def commands(plans: tuple[AccountPlan, ...]) -> st.SearchStrategy:
     return st.sampled_from([0, 0, 0, 0, 0, 1, 1, 1, 2, 2]).flatmap(
-        lambda kind: (new_transfers(plans), resolves, retries)[kind])
+        lambda kind: (new_transfers(plans), resolves, retries)[kind]
+    )
 
 
 @st.composite
 def batches(draw, plans: tuple[AccountPlan, ...]) -> Batch:
     """1..8 commands in groups; a group of two or three is a linked chain. Rarely the batch ends
     inside a chain."""
-    groups = draw(st.lists(st.sampled_from([1, 1, 1, 2, 3]).flatmap(
-        lambda size: st.lists(commands(plans), min_size=size, max_size=size)), min_size=1, max_size=5))
+    groups = draw(
+        st.lists(
+            st.sampled_from([1, 1, 1, 2, 3]).flatmap(
+                lambda size: st.lists(commands(plans), min_size=size, max_size=size)
+            ),
+            min_size=1,
+            max_size=5,
+        )
+    )
     built: list = []
     for group in groups:
         if len(built) + len(group) > 8:
@@ -539,14 +632,21 @@ def batches(draw, plans: tuple[AccountPlan, ...]) -> Batch:
 
 
 def steps(plans: tuple[AccountPlan, ...]) -> st.SearchStrategy:
-    advance = st.builds(Advance, seconds=st.sampled_from([1, 29, 30, 59, 60, 61, 3600, 6 * 3600, 86_400]),
-                        sweep=mostly(st.just(True), st.just(False), one_in=3))
-    status = st.builds(SetStatus, account=account_refs(plans),
-                       status=st.sampled_from([AccountStatus.FROZEN, AccountStatus.OPEN] * 2 + [AccountStatus.CLOSED]))
+    advance = st.builds(
+        Advance,
+        seconds=st.sampled_from([1, 29, 30, 59, 60, 61, 3600, 6 * 3600, 86_400]),
+        sweep=mostly(st.just(True), st.just(False), one_in=3),
+    )
+    status = st.builds(
+        SetStatus,
+        account=account_refs(plans),
+        status=st.sampled_from([AccountStatus.FROZEN, AccountStatus.OPEN] * 2 + [AccountStatus.CLOSED]),
+    )
     limits = st.builds(SetLimits, account=account_refs(plans), limits=limits_strategy)
     resubmit = st.builds(Resubmit, target=st.integers(0, 4))
     return st.sampled_from([0] * 14 + [1, 1, 1, 2, 2, 3, 4]).flatmap(
-        lambda kind: (batches(plans), advance, status, limits, resubmit)[kind])
+        lambda kind: (batches(plans), advance, status, limits, resubmit)[kind]
+    )
 
 
 @st.composite
@@ -556,12 +656,17 @@ def scenarios(draw) -> Scenario:
     funder = {plan.currency: index for index, plan in enumerate(plans) if plan in FUNDING.values()}
     # Usually the scenario opens by paying something into each no-overdraft wallet from the
     # funding account of its currency, so that later transfers have money to move.
-    funding = tuple(New(False, funder[plan.currency], index, draw(st.sampled_from([50, 100, 200, 300])))
-                    for index, plan in enumerate(plans) if plan.flags == DEBITS_MUST_NOT_EXCEED_CREDITS)
+    funding = tuple(
+        New(False, funder[plan.currency], index, draw(st.sampled_from([50, 100, 200, 300])))
+        for index, plan in enumerate(plans)
+        if plan.flags == DEBITS_MUST_NOT_EXCEED_CREDITS
+    )
     prelude = (Batch(funding),) if funding and draw(mostly(st.just(True), st.just(False), one_in=6)) else ()
-    return Scenario(plans, prelude + tuple(draw(st.lists(steps(plans), min_size=1, max_size=16))),
-                    draw(mostly(st.just("afternoon"), st.sampled_from(["before_midnight", "before_new_year"]),
-                                one_in=4)))
+    return Scenario(
+        plans,
+        prelude + tuple(draw(st.lists(steps(plans), min_size=1, max_size=16))),
+        draw(mostly(st.just("afternoon"), st.sampled_from(["before_midnight", "before_new_year"]), one_in=4)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,9 +704,17 @@ class Run:
     def build(self, op) -> TransferCommand:
         if isinstance(op, New):
             currency = op.currency or ("CNY" if op.debit == GHOST else self.scenario.accounts[op.debit].currency)
-            command = TransferCommand(uuid4(), PENDING if op.pending else POSTED, self.account(op.debit),
-                                      self.account(op.credit), op.amount, currency, timeout_s=op.timeout_s,
-                                      linked=op.linked, user_data=op.user_data)
+            command = TransferCommand(
+                uuid4(),
+                PENDING if op.pending else POSTED,
+                self.account(op.debit),
+                self.account(op.credit),
+                op.amount,
+                currency,
+                timeout_s=op.timeout_s,
+                linked=op.linked,
+                user_data=op.user_data,
+            )
         elif isinstance(op, Resolve):
             pool = self.holds if op.ref == "pending" else self.history
             target = pool[-1 - op.target % len(pool)] if pool and op.ref != "unknown" else None
@@ -626,8 +739,12 @@ class Run:
                 command = replace(command, amount_minor=command.amount_minor + 1)
             elif op.change == "kind":
                 swapped = {POSTED: PENDING, PENDING: POSTED, POST: VOID, VOID: POST}[command.kind]
-                command = replace(command, kind=swapped, timeout_s=None,
-                                  amount_minor=None if swapped is VOID else command.amount_minor)
+                command = replace(
+                    command,
+                    kind=swapped,
+                    timeout_s=None,
+                    amount_minor=None if swapped is VOID else command.amount_minor,
+                )
         else:
             raise AssertionError(f"not a command: {op!r}")
         self.history.append(command)
@@ -664,15 +781,21 @@ class Run:
             if not await self.ledger.expire_pending():
                 break
         self.clock.now_us = self.model.now_us = START_US[self.scenario.start]
-        specs = [AccountSpec(account_id, plan.currency, "model", None, AccountFlags(plan.flags), plan.limits)
-                 for account_id, plan in zip(self.ids, self.scenario.accounts)]
+        specs = [
+            AccountSpec(account_id, plan.currency, "model", None, AccountFlags(plan.flags), plan.limits)
+            for account_id, plan in zip(self.ids, self.scenario.accounts)
+        ]
         results = await self.ledger.create_accounts(specs)
         assert [result.code for result in results] == [AccountResultCode.OK] * len(specs)
         for account_id, plan in zip(self.ids, self.scenario.accounts):
             self.model.open_account(account_id, plan.currency, plan.flags, plan.limits)
-        self.log.append("accounts: " + ", ".join(
-            f"a{index}({plan.currency} flags={plan.flags} {plan.limits})"
-            for index, plan in enumerate(self.scenario.accounts)))
+        self.log.append(
+            "accounts: "
+            + ", ".join(
+                f"a{index}({plan.currency} flags={plan.flags} {plan.limits})"
+                for index, plan in enumerate(self.scenario.accounts)
+            )
+        )
 
     async def step(self, number: int, step) -> None:
         if isinstance(step, Batch):
@@ -683,8 +806,10 @@ class Run:
         elif isinstance(step, Advance):
             self.clock.advance(seconds=step.seconds)
             self.model.now_us = self.clock.now_us
-            self.log.append(f"[{number}] advance {step.seconds}s to {business_date(self.clock.now_us)}"
-                            + (", expire_pending()" if step.sweep else ""))
+            self.log.append(
+                f"[{number}] advance {step.seconds}s to {business_date(self.clock.now_us)}"
+                + (", expire_pending()" if step.sweep else "")
+            )
             if step.sweep:
                 await self.sweep(number, step.expired)
         elif isinstance(step, SetStatus):
@@ -693,8 +818,9 @@ class Run:
             want = self.model.set_status(account_id, step.status)
             self.log.append(f"[{number}] set_account_status({self.name(account_id)}, {step.status.name}) -> {got}")
             if got != want or step.expect not in (None, got):
-                self.fail(f"step {number}: set_account_status answered {got}, the model {want}, "
-                          f"the scenario {step.expect}")
+                self.fail(
+                    f"step {number}: set_account_status answered {got}, the model {want}, the scenario {step.expect}"
+                )
         elif isinstance(step, SetLimits):
             account_id = self.account(step.account)
             got = (await self.ledger.set_limits(account_id, step.limits)).code
@@ -706,34 +832,43 @@ class Run:
             raise AssertionError(f"not a step: {step!r}")
         await self.compare_accounts(number)
 
-    async def submit(self, number: int, commands: list[TransferCommand], expect: tuple[str, ...] | None,
-                     *, again: bool = False) -> None:
+    async def submit(
+        self, number: int, commands: list[TransferCommand], expect: tuple[str, ...] | None, *, again: bool = False
+    ) -> None:
         want = self.model.submit(commands)
         got = await self.ledger.submit(commands)
         self.batches.append(commands)
         # Later posts and voids mostly aim at holds that exist (a hold that failed is forgotten).
         self.holds = [hold for hold in self.holds if hold.id in self.model.transfers]
         self.log.append(f"[{number}] {'resubmit' if again else 'submit'}:")
-        self.log += [f"      {self.describe(command)} -> {result.code}{' (replayed)' if result.replayed else ''}"
-                     for command, result in zip(commands, got)]
+        self.log += [
+            f"      {self.describe(command)} -> {result.code}{' (replayed)' if result.replayed else ''}"
+            for command, result in zip(commands, got)
+        ]
         if len(got) != len(commands):
             self.fail(f"step {number}: {len(commands)} commands, {len(got)} results")
         answers = tuple("replayed" if result.replayed else str(result.code) for result in got)
         if expect is not None and answers != expect:
             modelled = tuple("replayed" if outcome.replayed else str(outcome.code) for outcome in want)
-            self.fail(f"step {number}: the ledger answered {answers}, the scenario expects {expect} "
-                      f"(the model says {modelled})")
+            self.fail(
+                f"step {number}: the ledger answered {answers}, the scenario expects {expect} "
+                f"(the model says {modelled})"
+            )
         for position, (command, outcome, result) in enumerate(zip(commands, want, got)):
             if (result.code, result.replayed) != (outcome.code, outcome.replayed):
-                self.fail(f"step {number}, command {position} ({self.describe(command)}): the ledger answered "
-                          f"{result.code} replayed={result.replayed}, the model {outcome.code} "
-                          f"replayed={outcome.replayed}")
+                self.fail(
+                    f"step {number}, command {position} ({self.describe(command)}): the ledger answered "
+                    f"{result.code} replayed={result.replayed}, the model {outcome.code} "
+                    f"replayed={outcome.replayed}"
+                )
             if result.ok:
                 if result.transfer is None or result.transfer.id != command.id:
                     self.fail(f"step {number}, command {position}: an ok result must carry the transfer itself")
                 if outcome.amount is not None and result.transfer.amount_minor != outcome.amount:
-                    self.fail(f"step {number}, command {position} ({self.describe(command)}): transfer amount "
-                              f"{result.transfer.amount_minor}, the model {outcome.amount}")
+                    self.fail(
+                        f"step {number}, command {position} ({self.describe(command)}): transfer amount "
+                        f"{result.transfer.amount_minor}, the model {outcome.amount}"
+                    )
 
     async def sweep(self, number: int, expect: int | None = None) -> None:
         got = await self.ledger.expire_pending()
@@ -751,10 +886,12 @@ class Run:
             b = got.balances
             have = (b.debits_posted, b.credits_posted, b.debits_pending, b.credits_pending)
             if (have, got.status, got.limits) != (want.balances(), want.status, want.limits):
-                self.fail(f"after step {number}, account {self.name(account_id)}: ledger has balances "
-                          f"(debits_posted, credits_posted, debits_pending, credits_pending)={have} "
-                          f"{got.status.name} {got.limits}, the model {want.balances()} {want.status.name} "
-                          f"{want.limits}")
+                self.fail(
+                    f"after step {number}, account {self.name(account_id)}: ledger has balances "
+                    f"(debits_posted, credits_posted, debits_pending, credits_pending)={have} "
+                    f"{got.status.name} {got.limits}, the model {want.balances()} {want.status.name} "
+                    f"{want.limits}"
+                )
 
     async def run(self) -> None:
         await self.start()
@@ -768,16 +905,27 @@ class Run:
     async def compare_stored(self) -> None:
         ids = set(self.ids)
         async with self.ledger.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(transfers.c.id, transfers.c.kind, transfers.c.pending_id).where(
-                sa.or_(transfers.c.debit_account_id.in_(ids), transfers.c.credit_account_id.in_(ids))))).all()
-        got = sorted(("expiry of", row.pending_id, EXPIRE) if row.kind == EXPIRE
-                     else ("id", row.id, TransferKind(row.kind)) for row in rows)
+            rows = (
+                await conn.execute(
+                    sa.select(transfers.c.id, transfers.c.kind, transfers.c.pending_id).where(
+                        sa.or_(transfers.c.debit_account_id.in_(ids), transfers.c.credit_account_id.in_(ids))
+                    )
+                )
+            ).all()
+        got = sorted(
+            ("expiry of", row.pending_id, EXPIRE) if row.kind == EXPIRE else ("id", row.id, TransferKind(row.kind))
+            for row in rows
+        )
         want = self.model.stored(ids)
         if got != want:
+
             def named(entries) -> list[str]:
                 return sorted(f"{what} {self.name(some_id)} {kind.name.lower()}" for what, some_id, kind in entries)
-            self.fail(f"stored transfers differ: only in the ledger {named(set(got) - set(want))}, only in the model "
-                      f"{named(set(want) - set(got))}, {len(got)} stored, {len(want)} expected")
+
+            self.fail(
+                f"stored transfers differ: only in the ledger {named(set(got) - set(want))}, only in the model "
+                f"{named(set(want) - set(got))}, {len(got)} stored, {len(want)} expected"
+            )
 
 
 @dataclass
@@ -837,8 +985,10 @@ CHAIN_SECOND_OVERDRAWS = Scenario(
     accounts=(AccountPlan(), AccountPlan(flags=1), AccountPlan(flags=1)),
     steps=(
         Batch((New(False, 0, 1, 50),), expect=("ok",)),
-        Batch((New(False, 0, 1, 30, linked=True), New(False, 1, 2, 100), New(False, 1, 2, 10)),
-              expect=("linked_event_failed", "insufficient_funds", "ok")),
+        Batch(
+            (New(False, 0, 1, 30, linked=True), New(False, 1, 2, 100), New(False, 1, 2, 10)),
+            expect=("linked_event_failed", "insufficient_funds", "ok"),
+        ),
         Batch((Retry(target=2),), expect=("ok",)),  # the chain's first transfer, now alone: new, not a replay
         # The chain again: its first id is now taken with linked=False; the third is a replay.
         Resubmit(target=1, expect=("exists_with_different_fields", "linked_event_failed", "replayed")),
@@ -847,8 +997,10 @@ CHAIN_SECOND_OVERDRAWS = Scenario(
         Batch((New(True, 1, 2, 20),), expect=("ok",)),  # a hold of 20
         # Voided in a chain that then overdraws: the void is undone with the chain, so the hold can
         # still be posted, in the same batch.
-        Batch((Resolve(void=True, linked=True), New(False, 1, 2, 500), Resolve(amount=5)),
-              expect=("linked_event_failed", "insufficient_funds", "ok")),
+        Batch(
+            (Resolve(void=True, linked=True), New(False, 1, 2, 500), Resolve(amount=5)),
+            expect=("linked_event_failed", "insufficient_funds", "ok"),
+        ),
         Batch((Retry(change="user_data"),), expect=("exists_with_different_fields",)),  # that post, other user_data
     ),
 )
@@ -856,13 +1008,19 @@ CHAIN_SECOND_OVERDRAWS = Scenario(
 # Caps at their edges, across midnight and New Year in Shanghai: a wallet a1 (no overdraft) with a
 # daily cap of 50 and an annual cap of 120; a3 must not be credited past its debits.
 DAY_AND_YEAR_EDGES = Scenario(
-    accounts=(AccountPlan(), AccountPlan(flags=1, limits=Limits(daily_debit_cap_minor=50, annual_debit_cap_minor=120)),
-              AccountPlan(), AccountPlan(flags=2)),
+    accounts=(
+        AccountPlan(),
+        AccountPlan(flags=1, limits=Limits(daily_debit_cap_minor=50, annual_debit_cap_minor=120)),
+        AccountPlan(),
+        AccountPlan(flags=2),
+    ),
     start="before_new_year",  # 2026-12-31 23:59:30
     steps=(
         # a3 sends 20, so it may take 20: a hold of 15 counts, so 6 more is too much and 5 fits.
-        Batch((New(False, 3, 0, 20), New(True, 0, 3, 15), New(False, 0, 3, 6), New(False, 0, 3, 5)),
-              expect=("ok", "ok", "credits_exceed_debits", "ok")),
+        Batch(
+            (New(False, 3, 0, 20), New(True, 0, 3, 15), New(False, 0, 3, 6), New(False, 0, 3, 5)),
+            expect=("ok", "ok", "credits_exceed_debits", "ok"),
+        ),
         Batch((New(False, 0, 1, 300),), expect=("ok",)),  # fund a1
         Batch((New(True, 1, 2, 40),), expect=("ok",)),  # a hold of 40 on 31 December
         Batch((New(False, 1, 2, 10), New(False, 1, 2, 1)), expect=("ok", "daily_debit_cap_exceeded")),  # 50 fits
@@ -883,36 +1041,58 @@ DAY_AND_YEAR_EDGES = Scenario(
 # a1: wallet (no overdraft) with a transfer cap of 10 and a daily cap of 5; a2: credits must not
 # exceed debits, balance cap 5; a3: balance cap 30; a4: to be closed; a5: HKD.
 PRECEDENCE = Scenario(
-    accounts=(AccountPlan(), AccountPlan(flags=1, limits=Limits(transfer_cap_minor=10, daily_debit_cap_minor=5)),
-              AccountPlan(flags=2, limits=Limits(balance_cap_minor=5)),
-              AccountPlan(limits=Limits(balance_cap_minor=30)), AccountPlan(), AccountPlan(currency="HKD")),
+    accounts=(
+        AccountPlan(),
+        AccountPlan(flags=1, limits=Limits(transfer_cap_minor=10, daily_debit_cap_minor=5)),
+        AccountPlan(flags=2, limits=Limits(balance_cap_minor=5)),
+        AccountPlan(limits=Limits(balance_cap_minor=30)),
+        AccountPlan(),
+        AccountPlan(currency="HKD"),
+    ),
     steps=(
-        Batch((
-            New(False, 1, 2, 0, currency="HKD"),
-            New(False, 1, 1, 50, currency="HKD", timeout_s=60),  # a posted transfer with a timeout
-            New(False, 1, 1, 50, currency="HKD"),
-            New(False, 1, GHOST, 50, currency="HKD"),
-            New(False, 1, 2, 50, currency="HKD"),
-            New(False, 1, 2, 50),
-            New(False, 1, 2, 8),
-            New(False, 0, 2, 8),
-        ), expect=("invalid_amount", "invalid_command", "accounts_must_be_different", "account_not_found",
-                   "currency_mismatch", "transfer_cap_exceeded", "insufficient_funds", "credits_exceed_debits")),
-        Batch((
-            New(False, 0, 3, 31),
-            New(True, 0, 3, 20),  # a hold of 20 into a3
-            New(False, 0, 3, 11),  # incoming holds count against the balance cap
-            New(False, 0, 3, 10),  # a3 is at its cap of 30
-            New(False, 0, 1, 20),  # fund a1
-            New(False, 1, 0, 6),
-            New(True, 1, 0, 5, timeout_s=60),  # a hold of 5 from a1 uses up its daily cap
-        ), expect=("balance_cap_exceeded", "ok", "balance_cap_exceeded", "ok", "ok", "daily_debit_cap_exceeded", "ok")),
+        Batch(
+            (
+                New(False, 1, 2, 0, currency="HKD"),
+                New(False, 1, 1, 50, currency="HKD", timeout_s=60),  # a posted transfer with a timeout
+                New(False, 1, 1, 50, currency="HKD"),
+                New(False, 1, GHOST, 50, currency="HKD"),
+                New(False, 1, 2, 50, currency="HKD"),
+                New(False, 1, 2, 50),
+                New(False, 1, 2, 8),
+                New(False, 0, 2, 8),
+            ),
+            expect=(
+                "invalid_amount",
+                "invalid_command",
+                "accounts_must_be_different",
+                "account_not_found",
+                "currency_mismatch",
+                "transfer_cap_exceeded",
+                "insufficient_funds",
+                "credits_exceed_debits",
+            ),
+        ),
+        Batch(
+            (
+                New(False, 0, 3, 31),
+                New(True, 0, 3, 20),  # a hold of 20 into a3
+                New(False, 0, 3, 11),  # incoming holds count against the balance cap
+                New(False, 0, 3, 10),  # a3 is at its cap of 30
+                New(False, 0, 1, 20),  # fund a1
+                New(False, 1, 0, 6),
+                New(True, 1, 0, 5, timeout_s=60),  # a hold of 5 from a1 uses up its daily cap
+            ),
+            expect=("balance_cap_exceeded", "ok", "balance_cap_exceeded", "ok", "ok", "daily_debit_cap_exceeded", "ok"),
+        ),
         SetStatus(1, AccountStatus.FROZEN, expect="ok"),
-        Batch((
-            New(False, 1, 5, 1, currency="HKD"),  # frozen before currency mismatch
-            Resolve(amount=1),  # moving held money on a frozen account: refused
-            Resolve(void=True),  # releasing it is allowed, and gives a1's daily cap back
-        ), expect=("account_frozen", "account_frozen", "ok")),
+        Batch(
+            (
+                New(False, 1, 5, 1, currency="HKD"),  # frozen before currency mismatch
+                Resolve(amount=1),  # moving held money on a frozen account: refused
+                Resolve(void=True),  # releasing it is allowed, and gives a1's daily cap back
+            ),
+            expect=("account_frozen", "account_frozen", "ok"),
+        ),
         SetStatus(1, AccountStatus.OPEN, expect="ok"),
         Batch((New(False, 1, 0, 5),), expect=("ok",)),
         SetStatus(4, AccountStatus.CLOSED, expect="ok"),  # a4 never held anything
@@ -925,8 +1105,9 @@ PRECEDENCE = Scenario(
         Batch((New(True, 0, 1, 7, timeout_s=60),), expect=("ok",)),  # a hold of 7 into a1
         Advance(60, sweep=False),
         # Past its timeout, before the sweep: expired before exceeds_pending_amount; a void too.
-        Batch((Resolve(amount=500), Resolve(void=True)),
-              expect=("pending_transfer_expired", "pending_transfer_expired")),
+        Batch(
+            (Resolve(amount=500), Resolve(void=True)), expect=("pending_transfer_expired", "pending_transfer_expired")
+        ),
         Advance(1, expired=1),
         Batch((Resolve(),), expect=("pending_transfer_expired",)),
         Batch((Resolve(target=1, amount=0),), expect=("pending_transfer_already_voided",)),  # before invalid_amount
@@ -935,8 +1116,10 @@ PRECEDENCE = Scenario(
         Batch((Resolve(target=2, amount="whole"),), expect=("ok",)),
         Batch((Resolve(target=2, void=True),), expect=("pending_transfer_already_posted",)),
         # Aimed at the whole post above (a stored transfer, but no hold), then at an id nobody used.
-        Batch((Resolve(target=1, ref="any"), Resolve(ref="unknown")),
-              expect=("pending_transfer_not_pending", "pending_transfer_not_found")),
+        Batch(
+            (Resolve(target=1, ref="any"), Resolve(ref="unknown")),
+            expect=("pending_transfer_not_pending", "pending_transfer_not_found"),
+        ),
     ),
 )
 
@@ -952,8 +1135,10 @@ def test_model_alone_on_the_regressions():
     ok = ResultCode.OK
     assert model.submit([TransferCommand.posted(uuid4(), a0, a1, 200, "CNY")]) == [Outcome(ok, False, 200)]
     hold40, hold50 = uuid4(), uuid4()
-    holds = [TransferCommand.pending(hold40, a1, a2, 40, "CNY", timeout_s=3600),
-             TransferCommand.pending(hold50, a1, a2, 50, "CNY", timeout_s=60)]
+    holds = [
+        TransferCommand.pending(hold40, a1, a2, 40, "CNY", timeout_s=3600),
+        TransferCommand.pending(hold50, a1, a2, 50, "CNY", timeout_s=60),
+    ]
     assert [o.code for o in model.submit(holds)] == [ok, ok]
     assert model.submit([TransferCommand.post(uuid4(), hold40, 10)]) == [Outcome(ok, False, 10)]
     assert model.accounts[a1].balances() == (10, 200, 50, 0)
@@ -961,12 +1146,14 @@ def test_model_alone_on_the_regressions():
     assert model.expire_due() == 1
     assert model.accounts[a1].balances() == (10, 200, 0, 0)
     assert model.submit([TransferCommand.post(uuid4(), hold50)]) == [Outcome(ResultCode.PENDING_TRANSFER_EXPIRED)]
-    assert [o.code for o in model.submit([TransferCommand.posted(uuid4(), a1, a2, amount, "CNY")
-                                          for amount in (90, 1)])] == [ok, ResultCode.DAILY_DEBIT_CAP_EXCEEDED]
+    assert [
+        o.code for o in model.submit([TransferCommand.posted(uuid4(), a1, a2, amount, "CNY") for amount in (90, 1)])
+    ] == [ok, ResultCode.DAILY_DEBIT_CAP_EXCEEDED]
     model.now_us += 86_400_000_000
     assert model.expire_due() == 0  # both holds are resolved already
-    assert [o.code for o in model.submit([TransferCommand.posted(uuid4(), a1, a2, amount, "CNY")
-                                          for amount in (100, 1)])] == [ok, ResultCode.INSUFFICIENT_FUNDS]
+    assert [
+        o.code for o in model.submit([TransferCommand.posted(uuid4(), a1, a2, amount, "CNY") for amount in (100, 1)])
+    ] == [ok, ResultCode.INSUFFICIENT_FUNDS]
     assert model.accounts[a1].balances() == (200, 200, 0, 0)
 
     b1, b2 = uuid4(), uuid4()
@@ -974,14 +1161,20 @@ def test_model_alone_on_the_regressions():
     model.open_account(b2, "CNY", 1, Limits())
     model.submit([TransferCommand.posted(uuid4(), a0, b1, 50, "CNY")])
     first = uuid4()
-    chain = [TransferCommand.posted(first, a0, b1, 30, "CNY", linked=True),
-             TransferCommand.posted(uuid4(), b1, b2, 100, "CNY"), TransferCommand.posted(uuid4(), b1, b2, 10, "CNY")]
+    chain = [
+        TransferCommand.posted(first, a0, b1, 30, "CNY", linked=True),
+        TransferCommand.posted(uuid4(), b1, b2, 100, "CNY"),
+        TransferCommand.posted(uuid4(), b1, b2, 10, "CNY"),
+    ]
     assert [o.code for o in model.submit(chain)] == [ResultCode.LINKED_EVENT_FAILED, ResultCode.INSUFFICIENT_FUNDS, ok]
     assert model.accounts[b1].balances() == (10, 50, 0, 0)
     alone = replace(chain[0], linked=False)
     assert model.submit([alone]) == [Outcome(ok, False, 30)]
     assert [o.code for o in model.submit(chain)] == [
-        ResultCode.EXISTS_WITH_DIFFERENT_FIELDS, ResultCode.LINKED_EVENT_FAILED, ok]
+        ResultCode.EXISTS_WITH_DIFFERENT_FIELDS,
+        ResultCode.LINKED_EVENT_FAILED,
+        ok,
+    ]
     assert model.submit([alone]) == [Outcome(ok, True, 30)]
     assert model.submit([replace(alone, id=uuid4(), linked=True)]) == [Outcome(ResultCode.LINKED_EVENT_CHAIN_OPEN)]
     assert model.accounts[b1].balances() == (10, 80, 0, 0)
@@ -997,9 +1190,12 @@ EXAMPLES_OVERRIDE = os.environ.get("LEDGER_MODEL_EXAMPLES")
 
 
 def test_ledger_agrees_with_the_model(harness, backend):
-    @settings(max_examples=int(EXAMPLES_OVERRIDE or MAX_EXAMPLES[backend]), deadline=None, print_blob=True,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=int(EXAMPLES_OVERRIDE or MAX_EXAMPLES[backend]),
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
     @example(PARTIAL_POST_THEN_EXPIRY)
     @example(CHAIN_SECOND_OVERDRAWS)
     @example(PRECEDENCE)

@@ -9,6 +9,7 @@ key file, so the test verifies the audit chain the processes wrote.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -50,10 +51,27 @@ class WriterProcess:
         self.err_file = tmp_path / f"{name}.err"
         with open(self.out_file, "w") as out, open(self.err_file, "w") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.writer_process", "--url", url, "--key-file", str(key_file),
-                 "--accounts-file", str(accounts_file), "--ack-file", str(self.ack_file),
-                 "--intent-file", str(self.intent_file), *args],
-                cwd=ROOT, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.writer_process",
+                    "--url",
+                    url,
+                    "--key-file",
+                    str(key_file),
+                    "--accounts-file",
+                    str(accounts_file),
+                    "--ack-file",
+                    str(self.ack_file),
+                    "--intent-file",
+                    str(self.intent_file),
+                    *args,
+                ],
+                cwd=ROOT,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
 
     def acks(self):
         return read_lines(str(self.ack_file))
@@ -74,11 +92,13 @@ class WriterProcess:
         deadline = loop.time() + timeout_s
         while len(self.acks()) < count:
             if self.process.poll() is not None:
-                raise AssertionError(f"{self.name} exited ({self.process.returncode}) before {count} acks\n"
-                                     f"{self.output()}")
+                raise AssertionError(
+                    f"{self.name} exited ({self.process.returncode}) before {count} acks\n{self.output()}"
+                )
             if loop.time() > deadline:
-                raise AssertionError(f"{self.name} acknowledged {len(self.acks())} < {count} in {timeout_s}s\n"
-                                     f"{self.output()}")
+                raise AssertionError(
+                    f"{self.name} acknowledged {len(self.acks())} < {count} in {timeout_s}s\n{self.output()}"
+                )
             await asyncio.sleep(0.05)
 
     async def wait_exit(self, timeout_s: float = EXIT_TIMEOUT_S) -> int:
@@ -126,8 +146,16 @@ async def setup(database_url, tmp_path):
 async def stored_transfers(ledger: Ledger) -> dict:
     """id -> (debit, credit, amount) for every stored transfer; fails if an id is stored twice."""
     async with ledger.engine.connect() as conn:
-        rows = (await conn.execute(sa.select(transfers.c.id, transfers.c.debit_account_id,
-                                             transfers.c.credit_account_id, transfers.c.amount_minor))).all()
+        rows = (
+            await conn.execute(
+                sa.select(
+                    transfers.c.id,
+                    transfers.c.debit_account_id,
+                    transfers.c.credit_account_id,
+                    transfers.c.amount_minor,
+                )
+            )
+        ).all()
     counts = Counter(row.id for row in rows)
     assert not [i for i, n in counts.items() if n > 1], "a transfer id is stored more than once"
     return {row.id: (row.debit_account_id, row.credit_account_id, row.amount_minor) for row in rows}
@@ -136,10 +164,18 @@ async def stored_transfers(ledger: Ledger) -> dict:
 async def assert_no_half_batch(ledger: Ledger) -> None:
     """Every journal block's transfers are all there, and there is no transfer outside a block."""
     async with ledger.engine.connect() as conn:
-        stored = (await conn.execute(sa.select(sa.func.count(), sa.func.min(transfers.c.seq),
-                                               sa.func.max(transfers.c.seq)).select_from(transfers))).one()
-        in_blocks = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(journal_blocks.c.transfer_count), 0),
-                                                  sa.func.count()))).one()
+        stored = (
+            await conn.execute(
+                sa.select(sa.func.count(), sa.func.min(transfers.c.seq), sa.func.max(transfers.c.seq)).select_from(
+                    transfers
+                )
+            )
+        ).one()
+        in_blocks = (
+            await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(journal_blocks.c.transfer_count), 0), sa.func.count())
+            )
+        ).one()
         head = (await conn.execute(sa.select(journal_head))).one()
     count, first, last = stored
     assert count == in_blocks[0], f"{count} transfers stored, blocks account for {in_blocks[0]}"
@@ -192,7 +228,7 @@ async def test_three_writer_processes_on_one_postgres_store_every_ack_once_with_
     owner = {transfer_id: n for n, acks in enumerate(acked) for transfer_id in acks}
     async with verifier.engine.connect() as conn:
         order = (await conn.execute(sa.select(transfers.c.id).order_by(transfers.c.seq))).scalars().all()
-    switches = sum(1 for a, b in zip(order, order[1:]) if owner[a] != owner[b])
+    switches = sum(1 for a, b in itertools.pairwise(order) if owner[a] != owner[b])
     assert switches >= 10, f"writers barely overlapped ({switches} switches)"
 
 
@@ -232,8 +268,9 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_ack_exactly_once_and_
     # A client that never heard back resubmits the same ids: each is answered as stored (replayed)
     # if its batch committed before the kill, or applied now, and none is applied twice.
     resubmitted = sorted(in_flight)
-    results = await verifier.submit([TransferCommand.posted(transfer_id, *intended_before_kill[transfer_id], "CNY")
-                                     for transfer_id in resubmitted])
+    results = await verifier.submit(
+        [TransferCommand.posted(transfer_id, *intended_before_kill[transfer_id], "CNY") for transfer_id in resubmitted]
+    )
     assert all(result.ok for result in results)
     assert {i for i, result in zip(resubmitted, results) if result.replayed} == in_flight_stored
     after = await stored_transfers(verifier)

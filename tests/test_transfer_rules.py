@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import itertools
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -33,8 +34,8 @@ from ledger import (
     TransferResult,
 )
 from ledger.core import BATCH_SIZE_MAX, STATEMENT_PAGE_MAX
-from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.db import create_engine
+from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.errors import UnknownCurrency
 from ledger.ids import uuid7
 from ledger.schema import pending_timeouts
@@ -55,11 +56,17 @@ def shanghai_us(year: int, month: int, day: int, hour: int, minute: int, second:
 
 
 def utc_date(at_us: int):
-    return datetime.fromtimestamp(at_us / 1_000_000, timezone.utc).date()
+    return datetime.fromtimestamp(at_us / 1_000_000, UTC).date()
 
 
-async def open_account(ledger: Ledger, currency: str = "CNY", *, kind: str = "wallet",
-                       flags: AccountFlags = AccountFlags.NONE, limits: Limits = Limits()) -> UUID:
+async def open_account(
+    ledger: Ledger,
+    currency: str = "CNY",
+    *,
+    kind: str = "wallet",
+    flags: AccountFlags = AccountFlags.NONE,
+    limits: Limits = Limits(),  # noqa: B008 (frozen, so one shared default is safe)
+) -> UUID:
     account_id = uuid7()
     [result] = await ledger.create_accounts([AccountSpec(account_id, currency, kind, flags=flags, limits=limits)])
     assert result.code is AccountResultCode.OK
@@ -122,9 +129,15 @@ async def test_posted_transfer_moves_the_amount_and_is_stored_as_sent(ledger, bo
     assert result.code is ResultCode.OK and not result.replayed
     stored = await ledger.get_transfer(transfer_id)
     assert stored == result.transfer
-    assert (stored.kind, stored.debit_account_id, stored.credit_account_id, stored.amount_minor, stored.currency,
-            stored.user_data, stored.created_at_us) == (
-        TransferKind.POSTED, books.wallet, books.merchant, 250, "CNY", "order-1", clock.now_us)
+    assert (
+        stored.kind,
+        stored.debit_account_id,
+        stored.credit_account_id,
+        stored.amount_minor,
+        stored.currency,
+        stored.user_data,
+        stored.created_at_us,
+    ) == (TransferKind.POSTED, books.wallet, books.merchant, 250, "CNY", "order-1", clock.now_us)
     assert await balances(ledger, books.wallet) == Balances(debits_posted=250, credits_posted=WALLET_FUNDS)
     assert await balances(ledger, books.merchant) == Balances(credits_posted=250)
 
@@ -185,8 +198,11 @@ async def test_transfer_to_the_same_account_is_refused(ledger, books):
 
 async def test_posted_or_pending_transfer_with_a_non_positive_or_non_int_amount_is_invalid_amount(ledger, books):
     amounts = [0, -1, -WALLET_FUNDS, None, True, 1.0]
-    commands = [TransferCommand(uuid7(), kind, books.wallet, books.merchant, amount, "CNY")
-                for kind in (TransferKind.POSTED, TransferKind.PENDING) for amount in amounts]
+    commands = [
+        TransferCommand(uuid7(), kind, books.wallet, books.merchant, amount, "CNY")
+        for kind in (TransferKind.POSTED, TransferKind.PENDING)
+        for amount in amounts
+    ]
     assert codes(await ledger.submit(commands)) == [ResultCode.INVALID_AMOUNT] * len(commands)
     assert await balances(ledger, books.merchant) == Balances()
 
@@ -198,8 +214,11 @@ async def test_transfer_in_another_currency_than_its_accounts_is_currency_mismat
 
 async def test_transfer_between_accounts_of_different_currencies_is_currency_mismatch(ledger, books):
     hkd_wallet = await open_account(ledger, "HKD")
-    for debit, credit, currency in [(books.wallet, hkd_wallet, "CNY"), (books.wallet, hkd_wallet, "HKD"),
-                                    (hkd_wallet, books.merchant, "HKD")]:
+    for debit, credit, currency in [
+        (books.wallet, hkd_wallet, "CNY"),
+        (books.wallet, hkd_wallet, "HKD"),
+        (hkd_wallet, books.merchant, "HKD"),
+    ]:
         result = await submit_one(ledger, Posted(uuid7(), debit, credit, 10, currency))
         assert result.code is ResultCode.CURRENCY_MISMATCH
     assert await balances(ledger, hkd_wallet) == Balances()
@@ -207,12 +226,15 @@ async def test_transfer_between_accounts_of_different_currencies_is_currency_mis
 
 async def test_transfer_naming_an_unknown_account_is_account_not_found(ledger, books):
     nowhere = uuid7()
-    assert (await submit_one(ledger, Posted(uuid7(), books.wallet, nowhere, 10, "CNY"))).code \
-        is ResultCode.ACCOUNT_NOT_FOUND
-    assert (await submit_one(ledger, Posted(uuid7(), nowhere, books.merchant, 10, "CNY"))).code \
-        is ResultCode.ACCOUNT_NOT_FOUND
-    assert (await submit_one(ledger, Pending(uuid7(), nowhere, books.merchant, 10, "CNY"))).code \
-        is ResultCode.ACCOUNT_NOT_FOUND
+    assert (
+        await submit_one(ledger, Posted(uuid7(), books.wallet, nowhere, 10, "CNY"))
+    ).code is ResultCode.ACCOUNT_NOT_FOUND
+    assert (
+        await submit_one(ledger, Posted(uuid7(), nowhere, books.merchant, 10, "CNY"))
+    ).code is ResultCode.ACCOUNT_NOT_FOUND
+    assert (
+        await submit_one(ledger, Pending(uuid7(), nowhere, books.merchant, 10, "CNY"))
+    ).code is ResultCode.ACCOUNT_NOT_FOUND
 
 
 async def test_transfer_that_would_push_a_balance_past_bigint_is_refused_as_overflow(ledger):
@@ -230,53 +252,68 @@ async def test_transfer_that_would_push_a_balance_past_bigint_is_refused_as_over
 
 async def test_posted_transfer_with_a_timeout_or_pending_id_is_invalid_command(ledger, books):
     with_timeout = TransferCommand(uuid7(), TransferKind.POSTED, books.wallet, books.merchant, 10, "CNY", timeout_s=60)
-    with_pending = TransferCommand(uuid7(), TransferKind.POSTED, books.wallet, books.merchant, 10, "CNY",
-                                   pending_id=uuid7())
+    with_pending = TransferCommand(
+        uuid7(), TransferKind.POSTED, books.wallet, books.merchant, 10, "CNY", pending_id=uuid7()
+    )
     without_currency = TransferCommand(uuid7(), TransferKind.POSTED, books.wallet, books.merchant, 10, None)
-    assert codes(await ledger.submit([with_timeout, with_pending, without_currency])) == [
-        ResultCode.INVALID_COMMAND] * 3
+    assert (
+        codes(await ledger.submit([with_timeout, with_pending, without_currency])) == [ResultCode.INVALID_COMMAND] * 3
+    )
 
 
 async def test_user_data_longer_than_the_maximum_is_invalid_command(ledger, books):
-    longest = await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 1, "CNY",
-                                              user_data="x" * USER_DATA_LENGTH_MAX))
+    longest = await submit_one(
+        ledger, Posted(uuid7(), books.wallet, books.merchant, 1, "CNY", user_data="x" * USER_DATA_LENGTH_MAX)
+    )
     assert longest.ok
     assert (await ledger.get_transfer(longest.transfer.id)).user_data == "x" * USER_DATA_LENGTH_MAX
-    too_long = await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 1, "CNY",
-                                               user_data="x" * (USER_DATA_LENGTH_MAX + 1)))
+    too_long = await submit_one(
+        ledger, Posted(uuid7(), books.wallet, books.merchant, 1, "CNY", user_data="x" * (USER_DATA_LENGTH_MAX + 1))
+    )
     assert too_long.code is ResultCode.INVALID_COMMAND
 
 
 async def test_one_bad_transfer_in_a_batch_fails_alone_while_the_rest_commit(ledger, books):
     good_1, bad, good_2 = uuid7(), uuid7(), uuid7()
-    results = await ledger.submit([
-        Posted(good_1, books.wallet, books.merchant, 100, "CNY"),
-        Posted(bad, books.wallet, books.merchant, 10, "HKD"),
-        Posted(good_2, books.wallet, books.merchant, 200, "CNY"),
-    ])
+    results = await ledger.submit(
+        [
+            Posted(good_1, books.wallet, books.merchant, 100, "CNY"),
+            Posted(bad, books.wallet, books.merchant, 10, "HKD"),
+            Posted(good_2, books.wallet, books.merchant, 200, "CNY"),
+        ]
+    )
     assert codes(results) == [ResultCode.OK, ResultCode.CURRENCY_MISMATCH, ResultCode.OK]
     assert await ledger.get_transfer(bad) is None
     assert {(await ledger.get_transfer(good_1)).amount_minor, (await ledger.get_transfer(good_2)).amount_minor} == {
-        100, 200}
+        100,
+        200,
+    }
     assert await balances(ledger, books.merchant) == Balances(credits_posted=300)
 
 
 async def test_transfers_in_one_batch_are_checked_against_running_balances(ledger, books):
-    results = await ledger.submit([
-        Posted(uuid7(), books.wallet, books.merchant, 600, "CNY"),
-        Posted(uuid7(), books.wallet, books.merchant, 600, "CNY"),
-        Posted(uuid7(), books.wallet, books.merchant, 400, "CNY"),
-        Posted(uuid7(), books.wallet, books.merchant, 1, "CNY"),
-    ])
-    assert codes(results) == [ResultCode.OK, ResultCode.INSUFFICIENT_FUNDS, ResultCode.OK,
-                              ResultCode.INSUFFICIENT_FUNDS]
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), books.wallet, books.merchant, 600, "CNY"),
+            Posted(uuid7(), books.wallet, books.merchant, 600, "CNY"),
+            Posted(uuid7(), books.wallet, books.merchant, 400, "CNY"),
+            Posted(uuid7(), books.wallet, books.merchant, 1, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.OK,
+        ResultCode.INSUFFICIENT_FUNDS,
+        ResultCode.OK,
+        ResultCode.INSUFFICIENT_FUNDS,
+    ]
     assert (await balances(ledger, books.wallet)).posted_minor == 0
 
 
 async def test_a_batch_where_every_transfer_fails_changes_nothing(ledger, books):
     head = await ledger.audit_head()
-    results = await ledger.submit([Posted(uuid7(), books.wallet, books.merchant, 10**6, "CNY"),
-                                   Posted(uuid7(), books.wallet, uuid7(), 1, "CNY")])
+    results = await ledger.submit(
+        [Posted(uuid7(), books.wallet, books.merchant, 10**6, "CNY"), Posted(uuid7(), books.wallet, uuid7(), 1, "CNY")]
+    )
     assert codes(results) == [ResultCode.INSUFFICIENT_FUNDS, ResultCode.ACCOUNT_NOT_FOUND]
     assert await ledger.audit_head() == head
     assert await balances(ledger, books.wallet) == Balances(credits_posted=WALLET_FUNDS)
@@ -294,11 +331,13 @@ async def test_submit_of_nothing_returns_nothing_and_an_oversized_batch_is_refus
 
 async def test_linked_chain_commits_all_its_transfers_together(ledger, books):
     shop = await open_account(ledger, kind="merchant", flags=WALLET)
-    results = await ledger.submit([
-        Posted(uuid7(), books.wallet, books.merchant, 300, "CNY", linked=True),
-        Posted(uuid7(), books.merchant, shop, 300, "CNY", linked=True),
-        Posted(uuid7(), shop, books.funding, 100, "CNY"),
-    ])
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), books.wallet, books.merchant, 300, "CNY", linked=True),
+            Posted(uuid7(), books.merchant, shop, 300, "CNY", linked=True),
+            Posted(uuid7(), shop, books.funding, 100, "CNY"),
+        ]
+    )
     assert codes(results) == [ResultCode.OK] * 3
     assert all(result.transfer.linked for result in results[:2]) and not results[2].transfer.linked
     assert (await balances(ledger, books.merchant)).posted_minor == 0
@@ -307,13 +346,18 @@ async def test_linked_chain_commits_all_its_transfers_together(ledger, books):
 
 async def test_linked_chain_with_one_failure_fails_as_a_whole_and_leaves_the_books_untouched(ledger, books):
     ids = [uuid7() for _ in range(3)]
-    results = await ledger.submit([
-        Posted(ids[0], books.wallet, books.merchant, 300, "CNY", linked=True),
-        Posted(ids[1], books.wallet, books.merchant, 5_000, "CNY", linked=True),
-        Posted(ids[2], books.merchant, books.funding, 100, "CNY"),
-    ])
-    assert codes(results) == [ResultCode.LINKED_EVENT_FAILED, ResultCode.INSUFFICIENT_FUNDS,
-                              ResultCode.LINKED_EVENT_FAILED]
+    results = await ledger.submit(
+        [
+            Posted(ids[0], books.wallet, books.merchant, 300, "CNY", linked=True),
+            Posted(ids[1], books.wallet, books.merchant, 5_000, "CNY", linked=True),
+            Posted(ids[2], books.merchant, books.funding, 100, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.INSUFFICIENT_FUNDS,
+        ResultCode.LINKED_EVENT_FAILED,
+    ]
     assert all(result.transfer is None for result in results)
     for transfer_id in ids:
         assert await ledger.get_transfer(transfer_id) is None
@@ -322,24 +366,32 @@ async def test_linked_chain_with_one_failure_fails_as_a_whole_and_leaves_the_boo
 
 
 async def test_failed_chain_does_not_affect_transfers_before_and_after_it_in_the_batch(ledger, books):
-    results = await ledger.submit([
-        Posted(uuid7(), books.wallet, books.merchant, 100, "CNY"),
-        Posted(uuid7(), books.wallet, books.merchant, 200, "CNY", linked=True),
-        Posted(uuid7(), books.wallet, uuid7(), 1, "CNY"),
-        Posted(uuid7(), books.wallet, books.merchant, 50, "CNY"),
-    ])
-    assert codes(results) == [ResultCode.OK, ResultCode.LINKED_EVENT_FAILED, ResultCode.ACCOUNT_NOT_FOUND,
-                              ResultCode.OK]
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), books.wallet, books.merchant, 100, "CNY"),
+            Posted(uuid7(), books.wallet, books.merchant, 200, "CNY", linked=True),
+            Posted(uuid7(), books.wallet, uuid7(), 1, "CNY"),
+            Posted(uuid7(), books.wallet, books.merchant, 50, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.OK,
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.ACCOUNT_NOT_FOUND,
+        ResultCode.OK,
+    ]
     assert await balances(ledger, books.merchant) == Balances(credits_posted=150)
 
 
 async def test_failed_chain_gives_back_its_running_balances_and_daily_totals_to_later_transfers(ledger, books):
     capped = await wallet_with_limits(books, Limits(daily_debit_cap_minor=1_000), funds=1_000)
-    results = await ledger.submit([
-        Posted(uuid7(), capped, books.merchant, 800, "CNY", linked=True),
-        Posted(uuid7(), capped, books.merchant, 1, "HKD"),
-        Posted(uuid7(), capped, books.merchant, 1_000, "CNY"),
-    ])
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), capped, books.merchant, 800, "CNY", linked=True),
+            Posted(uuid7(), capped, books.merchant, 1, "HKD"),
+            Posted(uuid7(), capped, books.merchant, 1_000, "CNY"),
+        ]
+    )
     assert codes(results) == [ResultCode.LINKED_EVENT_FAILED, ResultCode.CURRENCY_MISMATCH, ResultCode.OK]
     account = await ledger.get_account(capped)
     assert account.balances.posted_minor == 0
@@ -348,16 +400,23 @@ async def test_failed_chain_gives_back_its_running_balances_and_daily_totals_to_
 
 async def test_failed_chain_forgets_its_ids_and_the_pending_transfers_it_resolved(ledger, books):
     pending_id, post_id = uuid7(), uuid7()
-    results = await ledger.submit([
-        Pending(pending_id, books.wallet, books.merchant, 400, "CNY", linked=True),
-        Post(post_id, pending_id, linked=True),
-        Posted(uuid7(), books.wallet, books.merchant, 10, "HKD"),
-        # The same ids, after the chain failed, are fresh: nothing of the chain survived.
-        Pending(pending_id, books.wallet, books.merchant, 400, "CNY"),
-        Post(post_id, pending_id, 100),
-    ])
-    assert codes(results) == [ResultCode.LINKED_EVENT_FAILED, ResultCode.LINKED_EVENT_FAILED,
-                              ResultCode.CURRENCY_MISMATCH, ResultCode.OK, ResultCode.OK]
+    results = await ledger.submit(
+        [
+            Pending(pending_id, books.wallet, books.merchant, 400, "CNY", linked=True),
+            Post(post_id, pending_id, linked=True),
+            Posted(uuid7(), books.wallet, books.merchant, 10, "HKD"),
+            # The same ids, after the chain failed, are fresh: nothing of the chain survived.
+            Pending(pending_id, books.wallet, books.merchant, 400, "CNY"),
+            Post(post_id, pending_id, 100),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.CURRENCY_MISMATCH,
+        ResultCode.OK,
+        ResultCode.OK,
+    ]
     assert not results[3].replayed and not results[4].replayed
     assert (await ledger.get_transfer(post_id)).amount_minor == 100
     assert await balances(ledger, books.merchant) == Balances(credits_posted=100)
@@ -365,11 +424,13 @@ async def test_failed_chain_forgets_its_ids_and_the_pending_transfers_it_resolve
 
 async def test_chain_left_open_at_the_end_of_a_batch_fails_without_running(ledger, books):
     first, second = uuid7(), uuid7()
-    results = await ledger.submit([
-        Posted(uuid7(), books.wallet, books.merchant, 100, "CNY"),
-        Posted(first, books.wallet, books.merchant, 200, "CNY", linked=True),
-        Posted(second, books.wallet, books.merchant, 300, "CNY", linked=True),
-    ])
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), books.wallet, books.merchant, 100, "CNY"),
+            Posted(first, books.wallet, books.merchant, 200, "CNY", linked=True),
+            Posted(second, books.wallet, books.merchant, 300, "CNY", linked=True),
+        ]
+    )
     assert codes(results) == [ResultCode.OK, ResultCode.LINKED_EVENT_FAILED, ResultCode.LINKED_EVENT_CHAIN_OPEN]
     assert await ledger.get_transfer(first) is None and await ledger.get_transfer(second) is None
     assert await balances(ledger, books.merchant) == Balances(credits_posted=100)
@@ -396,10 +457,12 @@ async def test_pending_transfer_reserves_funds_without_moving_them(ledger, books
 
 async def test_pending_hold_limits_what_the_wallet_can_still_spend(ledger, books):
     assert (await submit_one(ledger, Pending(uuid7(), books.wallet, books.merchant, 600, "CNY"))).ok
-    assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 401, "CNY"))).code \
-        is ResultCode.INSUFFICIENT_FUNDS
-    assert (await submit_one(ledger, Pending(uuid7(), books.wallet, books.merchant, 401, "CNY"))).code \
-        is ResultCode.INSUFFICIENT_FUNDS
+    assert (
+        await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 401, "CNY"))
+    ).code is ResultCode.INSUFFICIENT_FUNDS
+    assert (
+        await submit_one(ledger, Pending(uuid7(), books.wallet, books.merchant, 401, "CNY"))
+    ).code is ResultCode.INSUFFICIENT_FUNDS
     assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 400, "CNY"))).ok
     assert (await balances(ledger, books.wallet)).available_minor == 0
 
@@ -411,7 +474,11 @@ async def test_post_without_amount_posts_the_whole_pending_amount(ledger, books)
     assert result.ok
     posted = result.transfer
     assert (posted.kind, posted.amount_minor, posted.released_minor, posted.pending_id) == (
-        TransferKind.POST_PENDING, 600, 600, pending_id)
+        TransferKind.POST_PENDING,
+        600,
+        600,
+        pending_id,
+    )
     assert (posted.debit_account_id, posted.credit_account_id, posted.currency) == (books.wallet, books.merchant, "CNY")
     assert await balances(ledger, books.wallet) == Balances(debits_posted=600, credits_posted=WALLET_FUNDS)
     assert await balances(ledger, books.merchant) == Balances(credits_posted=600)
@@ -435,7 +502,10 @@ async def test_void_releases_the_hold_and_moves_nothing(ledger, books):
     result = await submit_one(ledger, Void(uuid7(), pending_id))
     assert result.ok
     assert (result.transfer.kind, result.transfer.amount_minor, result.transfer.released_minor) == (
-        TransferKind.VOID_PENDING, 600, 600)
+        TransferKind.VOID_PENDING,
+        600,
+        600,
+    )
     assert await balances(ledger, books.wallet) == Balances(credits_posted=WALLET_FUNDS)
     assert await balances(ledger, books.merchant) == Balances()
     assert await ledger.pending_status(pending_id) is TransferKind.VOID_PENDING
@@ -493,8 +563,9 @@ async def test_post_naming_other_accounts_or_currency_than_its_pending_is_pendin
         TransferCommand(uuid7(), TransferKind.VOID_PENDING, credit_account_id=books.wallet, pending_id=pending_id),
     ]
     assert codes(await ledger.submit(mismatches)) == [ResultCode.PENDING_FIELDS_MISMATCH] * 4
-    matching = TransferCommand(uuid7(), TransferKind.POST_PENDING, books.wallet, books.merchant, 600, "CNY",
-                               pending_id=pending_id)
+    matching = TransferCommand(
+        uuid7(), TransferKind.POST_PENDING, books.wallet, books.merchant, 600, "CNY", pending_id=pending_id
+    )
     assert (await submit_one(ledger, matching)).ok
 
 
@@ -505,17 +576,22 @@ async def test_post_or_void_of_an_unknown_id_is_pending_transfer_not_found(ledge
 
 async def test_post_or_void_of_a_transfer_that_is_not_pending_is_refused(ledger, books):
     posted_id, pending_id, void_id = uuid7(), uuid7(), uuid7()
-    await ledger.submit([Posted(posted_id, books.wallet, books.merchant, 100, "CNY"),
-                         Pending(pending_id, books.wallet, books.merchant, 100, "CNY"),
-                         Void(void_id, pending_id)])
+    await ledger.submit(
+        [
+            Posted(posted_id, books.wallet, books.merchant, 100, "CNY"),
+            Pending(pending_id, books.wallet, books.merchant, 100, "CNY"),
+            Void(void_id, pending_id),
+        ]
+    )
     results = await ledger.submit([Post(uuid7(), posted_id), Void(uuid7(), posted_id), Post(uuid7(), void_id)])
     assert codes(results) == [ResultCode.PENDING_TRANSFER_NOT_PENDING] * 3
 
 
 async def test_pending_and_its_post_in_the_same_batch(ledger, books):
     pending_id = uuid7()
-    results = await ledger.submit([Pending(pending_id, books.wallet, books.merchant, 600, "CNY", timeout_s=60),
-                                   Post(uuid7(), pending_id, 500)])
+    results = await ledger.submit(
+        [Pending(pending_id, books.wallet, books.merchant, 600, "CNY", timeout_s=60), Post(uuid7(), pending_id, 500)]
+    )
     assert codes(results) == [ResultCode.OK, ResultCode.OK]
     assert await balances(ledger, books.wallet) == Balances(debits_posted=500, credits_posted=WALLET_FUNDS)
     assert await balances(ledger, books.merchant) == Balances(credits_posted=500)
@@ -524,23 +600,30 @@ async def test_pending_and_its_post_in_the_same_batch(ledger, books):
 async def test_malformed_posts_and_voids_are_invalid_command(ledger, books):
     pending_id = uuid7()
     await submit_one(ledger, Pending(pending_id, books.wallet, books.merchant, 600, "CNY"))
-    results = await ledger.submit([
-        TransferCommand(uuid7(), TransferKind.VOID_PENDING, amount_minor=100, pending_id=pending_id),
-        TransferCommand(uuid7(), TransferKind.POST_PENDING, pending_id=pending_id, timeout_s=10),
-        TransferCommand(uuid7(), TransferKind.POST_PENDING),
-        # Only the ledger writes expiries, and only once the timeout has passed.
-        TransferCommand(uuid7(), TransferKind.EXPIRE_PENDING, pending_id=pending_id),
-    ])
+    results = await ledger.submit(
+        [
+            TransferCommand(uuid7(), TransferKind.VOID_PENDING, amount_minor=100, pending_id=pending_id),
+            TransferCommand(uuid7(), TransferKind.POST_PENDING, pending_id=pending_id, timeout_s=10),
+            TransferCommand(uuid7(), TransferKind.POST_PENDING),
+            # Only the ledger writes expiries, and only once the timeout has passed.
+            TransferCommand(uuid7(), TransferKind.EXPIRE_PENDING, pending_id=pending_id),
+        ]
+    )
     assert codes(results) == [ResultCode.INVALID_COMMAND] * 4
     assert await ledger.pending_status(pending_id) is None
 
 
 async def test_pending_with_a_timeout_out_of_range_is_invalid_command(ledger, books):
-    results = await ledger.submit([Pending(uuid7(), books.wallet, books.merchant, 100, "CNY", timeout_s=timeout_s)
-                                   for timeout_s in (0, -1, TIMEOUT_S_MAX + 1)])
+    results = await ledger.submit(
+        [
+            Pending(uuid7(), books.wallet, books.merchant, 100, "CNY", timeout_s=timeout_s)
+            for timeout_s in (0, -1, TIMEOUT_S_MAX + 1)
+        ]
+    )
     assert codes(results) == [ResultCode.INVALID_COMMAND] * 3
-    longest = await submit_one(ledger, Pending(uuid7(), books.wallet, books.merchant, 100, "CNY",
-                                               timeout_s=TIMEOUT_S_MAX))
+    longest = await submit_one(
+        ledger, Pending(uuid7(), books.wallet, books.merchant, 100, "CNY", timeout_s=TIMEOUT_S_MAX)
+    )
     assert longest.ok and longest.transfer.timeout_s == TIMEOUT_S_MAX
 
 
@@ -601,9 +684,13 @@ async def test_pending_without_a_timeout_never_expires(ledger, books, clock):
 
 async def test_expiry_sweep_counts_each_hold_once_and_a_second_sweep_finds_nothing(ledger, books, clock):
     short, long_ = uuid7(), uuid7()
-    await ledger.submit([Pending(short, books.wallet, books.merchant, 100, "CNY", timeout_s=10),
-                         Pending(long_, books.wallet, books.merchant, 200, "CNY", timeout_s=100),
-                         Pending(uuid7(), books.wallet, books.merchant, 300, "CNY", timeout_s=11)])
+    await ledger.submit(
+        [
+            Pending(short, books.wallet, books.merchant, 100, "CNY", timeout_s=10),
+            Pending(long_, books.wallet, books.merchant, 200, "CNY", timeout_s=100),
+            Pending(uuid7(), books.wallet, books.merchant, 300, "CNY", timeout_s=11),
+        ]
+    )
     clock.advance(seconds=50)
     assert await ledger.expire_pending() == 2
     assert await ledger.expire_pending() == 0
@@ -630,7 +717,8 @@ async def test_expiry_releases_a_hold_on_a_frozen_account(ledger, books, clock):
 
 
 async def test_a_transfer_stored_under_the_id_an_expiry_would_once_have_had_cannot_stop_the_expiry(
-        ledger, books, clock):
+    ledger, books, clock
+):
     """Expiries used an id derived from the hold, which anyone could compute and take first: the
     expiry was then answered exists_with_different_fields and the hold never expired. Expiry ids
     are fresh now; the old derivation is restated here to show that taking it changes nothing."""
@@ -646,7 +734,8 @@ async def test_a_transfer_stored_under_the_id_an_expiry_would_once_have_had_cann
 
 
 async def test_due_rows_whose_hold_can_never_expire_are_dropped_and_do_not_block_the_holds_behind_them(
-        ledger, books, clock):
+    ledger, books, clock
+):
     """The sweep reads the earliest due rows first. A row for a transfer that is no hold, or for a
     hold already resolved, is dropped when the sweep meets it, so it cannot hold the front of the
     page forever (here a page of one stands for the batcher's page of a thousand)."""
@@ -658,9 +747,14 @@ async def test_due_rows_whose_hold_can_never_expire_are_dropped_and_do_not_block
     await submit_one(ledger, Pending(real, books.wallet, books.merchant, 600, "CNY", timeout_s=30))
     early = clock.now_us + 1_000_000
     async with ledger.engine.begin() as conn:  # rows no batch would leave behind
-        await conn.execute(pending_timeouts.insert(), [
-            dict(transfer_id=uuid7(), expires_at_us=early), dict(transfer_id=posted.transfer.id, expires_at_us=early),
-            dict(transfer_id=voided, expires_at_us=early)])
+        await conn.execute(
+            pending_timeouts.insert(),
+            [
+                dict(transfer_id=uuid7(), expires_at_us=early),
+                dict(transfer_id=posted.transfer.id, expires_at_us=early),
+                dict(transfer_id=voided, expires_at_us=early),
+            ],
+        )
     clock.advance(seconds=31)
 
     swept = [await ledger.expire_pending(limit=1) for _ in range(4)]
@@ -777,9 +871,13 @@ async def test_frozen_account_can_be_neither_debited_nor_credited_until_unfrozen
     frozen = await ledger.set_account_status(books.wallet, AccountStatus.FROZEN)
     assert frozen.code is AccountResultCode.OK and frozen.account.status is AccountStatus.FROZEN
     assert (await ledger.get_account(books.wallet)).status is AccountStatus.FROZEN
-    results = await ledger.submit([Posted(uuid7(), books.wallet, books.merchant, 10, "CNY"),
-                                   Posted(uuid7(), books.funding, books.wallet, 10, "CNY"),
-                                   Pending(uuid7(), books.wallet, books.merchant, 10, "CNY")])
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), books.wallet, books.merchant, 10, "CNY"),
+            Posted(uuid7(), books.funding, books.wallet, 10, "CNY"),
+            Pending(uuid7(), books.wallet, books.merchant, 10, "CNY"),
+        ]
+    )
     assert codes(results) == [ResultCode.ACCOUNT_FROZEN] * 3
     assert (await ledger.set_account_status(books.wallet, AccountStatus.OPEN)).code is AccountResultCode.OK
     assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 10, "CNY"))).ok
@@ -787,8 +885,12 @@ async def test_frozen_account_can_be_neither_debited_nor_credited_until_unfrozen
 
 async def test_hold_on_a_frozen_account_can_be_voided_but_not_posted(ledger, books):
     first, second = uuid7(), uuid7()
-    await ledger.submit([Pending(first, books.wallet, books.merchant, 300, "CNY"),
-                         Pending(second, books.wallet, books.merchant, 200, "CNY")])
+    await ledger.submit(
+        [
+            Pending(first, books.wallet, books.merchant, 300, "CNY"),
+            Pending(second, books.wallet, books.merchant, 200, "CNY"),
+        ]
+    )
     await ledger.set_account_status(books.merchant, AccountStatus.FROZEN)
     results = await ledger.submit([Post(uuid7(), first), Void(uuid7(), second)])
     assert codes(results) == [ResultCode.ACCOUNT_FROZEN, ResultCode.OK]
@@ -799,8 +901,9 @@ async def test_closed_account_refuses_transfers_and_cannot_be_reopened(ledger, b
     spare = await open_account(ledger, flags=WALLET)
     closed = await ledger.set_account_status(spare, AccountStatus.CLOSED)
     assert closed.code is AccountResultCode.OK and closed.account.status is AccountStatus.CLOSED
-    results = await ledger.submit([Posted(uuid7(), books.wallet, spare, 10, "CNY"),
-                                   Posted(uuid7(), spare, books.merchant, 10, "CNY")])
+    results = await ledger.submit(
+        [Posted(uuid7(), books.wallet, spare, 10, "CNY"), Posted(uuid7(), spare, books.merchant, 10, "CNY")]
+    )
     assert codes(results) == [ResultCode.ACCOUNT_CLOSED] * 2
     for status in (AccountStatus.OPEN, AccountStatus.FROZEN):
         assert (await ledger.set_account_status(spare, status)).code is AccountResultCode.ACCOUNT_CLOSED
@@ -809,13 +912,13 @@ async def test_closed_account_refuses_transfers_and_cannot_be_reopened(ledger, b
 
 
 async def test_closing_an_account_that_holds_money_or_a_hold_is_account_not_empty(ledger, books):
-    assert (await ledger.set_account_status(books.wallet, AccountStatus.CLOSED)).code \
-        is AccountResultCode.ACCOUNT_NOT_EMPTY
+    assert (
+        await ledger.set_account_status(books.wallet, AccountStatus.CLOSED)
+    ).code is AccountResultCode.ACCOUNT_NOT_EMPTY
     receiver = await open_account(ledger, flags=WALLET)
     pending_id = uuid7()
     await submit_one(ledger, Pending(pending_id, books.wallet, receiver, 100, "CNY"))
-    assert (await ledger.set_account_status(receiver, AccountStatus.CLOSED)).code \
-        is AccountResultCode.ACCOUNT_NOT_EMPTY
+    assert (await ledger.set_account_status(receiver, AccountStatus.CLOSED)).code is AccountResultCode.ACCOUNT_NOT_EMPTY
     assert (await ledger.get_account(receiver)).status is AccountStatus.OPEN
     await submit_one(ledger, Void(uuid7(), pending_id))
     assert (await ledger.set_account_status(receiver, AccountStatus.CLOSED)).code is AccountResultCode.OK
@@ -836,16 +939,28 @@ async def test_status_or_limits_of_an_unknown_account_is_account_not_found(ledge
 
 
 async def test_create_accounts_stores_the_spec_with_zero_balances(ledger, clock):
-    spec = AccountSpec(uuid7(), "HKD", "wallet", owner_ref="cust-42", flags=WALLET,
-                       limits=Limits(balance_cap_minor=5, transfer_cap_minor=6, daily_debit_cap_minor=7,
-                                     annual_debit_cap_minor=8))
+    spec = AccountSpec(
+        uuid7(),
+        "HKD",
+        "wallet",
+        owner_ref="cust-42",
+        flags=WALLET,
+        limits=Limits(balance_cap_minor=5, transfer_cap_minor=6, daily_debit_cap_minor=7, annual_debit_cap_minor=8),
+    )
     [result] = await ledger.create_accounts([spec])
     assert result.code is AccountResultCode.OK
     stored = await ledger.get_account(spec.id)
     assert result.account == stored
-    assert (stored.currency, stored.kind, stored.owner_ref, stored.flags, stored.status, stored.limits,
-            stored.balances, stored.created_at_us) == (
-        "HKD", "wallet", "cust-42", WALLET, AccountStatus.OPEN, spec.limits, Balances(), clock.now_us)
+    assert (
+        stored.currency,
+        stored.kind,
+        stored.owner_ref,
+        stored.flags,
+        stored.status,
+        stored.limits,
+        stored.balances,
+        stored.created_at_us,
+    ) == ("HKD", "wallet", "cust-42", WALLET, AccountStatus.OPEN, spec.limits, Balances(), clock.now_us)
 
 
 async def test_create_accounts_with_the_same_fields_again_is_ok_and_changes_nothing(ledger, books, clock):
@@ -864,27 +979,42 @@ async def test_create_accounts_with_the_same_id_and_other_fields_is_refused(ledg
 
     spec = AccountSpec(uuid7(), "CNY", "wallet", owner_ref="cust-1", flags=WALLET, limits=Limits(transfer_cap_minor=9))
     await ledger.create_accounts([spec])
-    changes = [dict(currency="HKD"), dict(kind="merchant"), dict(owner_ref="someone-else"),
-               dict(flags=AccountFlags.NONE), dict(limits=Limits(transfer_cap_minor=10))]
+    changes = [
+        dict(currency="HKD"),
+        dict(kind="merchant"),
+        dict(owner_ref="someone-else"),
+        dict(flags=AccountFlags.NONE),
+        dict(limits=Limits(transfer_cap_minor=10)),
+    ]
     results = await ledger.create_accounts([dataclasses.replace(spec, **change) for change in changes])
     assert [result.code for result in results] == [AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS] * len(changes)
     stored = await ledger.get_account(spec.id)
     assert all(result.account == stored for result in results)
     assert (stored.currency, stored.kind, stored.owner_ref, stored.flags, stored.limits) == (
-        "CNY", "wallet", "cust-1", WALLET, Limits(transfer_cap_minor=9))
+        "CNY",
+        "wallet",
+        "cust-1",
+        WALLET,
+        Limits(transfer_cap_minor=9),
+    )
 
 
 async def test_create_accounts_refuses_bad_specs_one_by_one(ledger):
     good, unknown_currency, both_flags, bad_limit = uuid7(), uuid7(), uuid7(), uuid7()
-    results = await ledger.create_accounts([
-        AccountSpec(unknown_currency, "XYZ", "wallet"),
-        AccountSpec(good, "CNY", "wallet"),
-        AccountSpec(both_flags, "CNY", "wallet", flags=WALLET | DEBIT_NORMAL),
-        AccountSpec(bad_limit, "CNY", "wallet", limits=Limits(daily_debit_cap_minor=-1)),
-    ])
+    results = await ledger.create_accounts(
+        [
+            AccountSpec(unknown_currency, "XYZ", "wallet"),
+            AccountSpec(good, "CNY", "wallet"),
+            AccountSpec(both_flags, "CNY", "wallet", flags=WALLET | DEBIT_NORMAL),
+            AccountSpec(bad_limit, "CNY", "wallet", limits=Limits(daily_debit_cap_minor=-1)),
+        ]
+    )
     assert [result.code for result in results] == [
-        AccountResultCode.CURRENCY_NOT_FOUND, AccountResultCode.OK, AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
-        AccountResultCode.INVALID_LIMIT]
+        AccountResultCode.CURRENCY_NOT_FOUND,
+        AccountResultCode.OK,
+        AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE,
+        AccountResultCode.INVALID_LIMIT,
+    ]
     assert [result.account is None for result in results] == [True, False, True, True]
     found = await ledger.get_accounts([good, unknown_currency, both_flags, bad_limit])
     assert set(found) == {good}
@@ -930,36 +1060,57 @@ async def test_add_currency_again_is_a_no_op_but_changing_an_exponent_is_refused
 
 async def test_per_transfer_cap_limits_each_debit_but_not_credits(ledger, books):
     capped = await wallet_with_limits(books, Limits(transfer_cap_minor=500))  # funded with 100000 in one credit
-    results = await ledger.submit([Posted(uuid7(), capped, books.merchant, 500, "CNY"),
-                                   Posted(uuid7(), capped, books.merchant, 501, "CNY"),
-                                   Pending(uuid7(), capped, books.merchant, 501, "CNY")])
+    results = await ledger.submit(
+        [
+            Posted(uuid7(), capped, books.merchant, 500, "CNY"),
+            Posted(uuid7(), capped, books.merchant, 501, "CNY"),
+            Pending(uuid7(), capped, books.merchant, 501, "CNY"),
+        ]
+    )
     assert codes(results) == [ResultCode.OK, ResultCode.TRANSFER_CAP_EXCEEDED, ResultCode.TRANSFER_CAP_EXCEEDED]
     assert ResultCode.TRANSFER_CAP_EXCEEDED.is_limit
 
 
 async def test_balance_cap_counts_incoming_pending_credits(ledger, books):
     capped = await open_account(ledger, flags=WALLET, limits=Limits(balance_cap_minor=1_000))
-    results = await ledger.submit([Pending(uuid7(), books.funding, capped, 700, "CNY"),
-                                   Posted(uuid7(), books.funding, capped, 301, "CNY"),
-                                   Pending(uuid7(), books.funding, capped, 301, "CNY"),
-                                   Posted(uuid7(), books.funding, capped, 300, "CNY")])
-    assert codes(results) == [ResultCode.OK, ResultCode.BALANCE_CAP_EXCEEDED, ResultCode.BALANCE_CAP_EXCEEDED,
-                              ResultCode.OK]
+    results = await ledger.submit(
+        [
+            Pending(uuid7(), books.funding, capped, 700, "CNY"),
+            Posted(uuid7(), books.funding, capped, 301, "CNY"),
+            Pending(uuid7(), books.funding, capped, 301, "CNY"),
+            Posted(uuid7(), books.funding, capped, 300, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.OK,
+        ResultCode.BALANCE_CAP_EXCEEDED,
+        ResultCode.BALANCE_CAP_EXCEEDED,
+        ResultCode.OK,
+    ]
     # Spending makes room again.
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 100, "CNY"))).ok
     assert (await submit_one(ledger, Posted(uuid7(), books.funding, capped, 100, "CNY"))).ok
-    assert (await submit_one(ledger, Posted(uuid7(), books.funding, capped, 1, "CNY"))).code \
-        is ResultCode.BALANCE_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), books.funding, capped, 1, "CNY"))
+    ).code is ResultCode.BALANCE_CAP_EXCEEDED
 
 
 async def test_daily_debit_cap_counts_pending_and_posted_debits(ledger, books):
     capped = await wallet_with_limits(books, Limits(daily_debit_cap_minor=1_000))
-    results = await ledger.submit([Pending(uuid7(), capped, books.merchant, 600, "CNY"),
-                                   Posted(uuid7(), capped, books.merchant, 401, "CNY"),
-                                   Posted(uuid7(), capped, books.merchant, 400, "CNY"),
-                                   Posted(uuid7(), capped, books.merchant, 1, "CNY")])
-    assert codes(results) == [ResultCode.OK, ResultCode.DAILY_DEBIT_CAP_EXCEEDED, ResultCode.OK,
-                              ResultCode.DAILY_DEBIT_CAP_EXCEEDED]
+    results = await ledger.submit(
+        [
+            Pending(uuid7(), capped, books.merchant, 600, "CNY"),
+            Posted(uuid7(), capped, books.merchant, 401, "CNY"),
+            Posted(uuid7(), capped, books.merchant, 400, "CNY"),
+            Posted(uuid7(), capped, books.merchant, 1, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.OK,
+        ResultCode.DAILY_DEBIT_CAP_EXCEEDED,
+        ResultCode.OK,
+        ResultCode.DAILY_DEBIT_CAP_EXCEEDED,
+    ]
     assert (await ledger.get_account(capped)).debits_day_minor == 1_000
 
 
@@ -971,8 +1122,9 @@ async def test_daily_debit_cap_resets_at_shanghai_midnight_even_within_one_utc_d
     capped = await wallet_with_limits(books, Limits(daily_debit_cap_minor=1_000))
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 800, "CNY"))).ok
     clock.advance(seconds=30)
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))).code \
-        is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))
+    ).code is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
     clock.now_us = after_midnight
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))).ok
     assert (await ledger.get_account(capped)).debits_day_minor == 300
@@ -986,34 +1138,38 @@ async def test_daily_debit_cap_spans_utc_midnight_within_one_shanghai_day(ledger
     capped = await wallet_with_limits(books, Limits(daily_debit_cap_minor=1_000))
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 800, "CNY"))).ok
     clock.now_us = after_utc_midnight
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))).code \
-        is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))
+    ).code is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 200, "CNY"))).ok
 
 
 async def test_annual_debit_cap_resets_at_the_shanghai_new_year(ledger, books, clock):
     old_year = shanghai_us(2026, 12, 31, 23, 59)
     new_year = shanghai_us(2027, 1, 1, 0, 1)
-    assert datetime.fromtimestamp(new_year / 1_000_000, timezone.utc).year == 2026  # still 2026 in UTC
+    assert datetime.fromtimestamp(new_year / 1_000_000, UTC).year == 2026  # still 2026 in UTC
     clock.now_us = shanghai_us(2026, 3, 1, 12, 0)
     capped = await wallet_with_limits(books, Limits(annual_debit_cap_minor=1_000))
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 500, "CNY"))).ok
     clock.now_us = old_year
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))).ok
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 201, "CNY"))).code \
-        is ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 201, "CNY"))
+    ).code is ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
     clock.now_us = new_year
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 1_000, "CNY"))).ok
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 1, "CNY"))).code \
-        is ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 1, "CNY"))
+    ).code is ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED
 
 
 async def test_voided_pending_gives_its_amount_back_to_the_daily_total(ledger, books):
     capped = await wallet_with_limits(books, Limits(daily_debit_cap_minor=1_000))
     pending_id = uuid7()
     await submit_one(ledger, Pending(pending_id, capped, books.merchant, 800, "CNY"))
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))).code \
-        is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 300, "CNY"))
+    ).code is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
     assert (await submit_one(ledger, Void(uuid7(), pending_id))).ok
     assert (await ledger.get_account(capped)).debits_day_minor == 0
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 1_000, "CNY"))).ok
@@ -1025,8 +1181,9 @@ async def test_partial_post_gives_the_released_remainder_back_to_the_daily_total
     await submit_one(ledger, Pending(pending_id, capped, books.merchant, 800, "CNY"))
     assert (await submit_one(ledger, Post(uuid7(), pending_id, 500))).ok
     assert (await ledger.get_account(capped)).debits_day_minor == 500
-    results = await ledger.submit([Posted(uuid7(), capped, books.merchant, 501, "CNY"),
-                                   Posted(uuid7(), capped, books.merchant, 500, "CNY")])
+    results = await ledger.submit(
+        [Posted(uuid7(), capped, books.merchant, 501, "CNY"), Posted(uuid7(), capped, books.merchant, 500, "CNY")]
+    )
     assert codes(results) == [ResultCode.DAILY_DEBIT_CAP_EXCEEDED, ResultCode.OK]
 
 
@@ -1048,16 +1205,18 @@ async def test_void_of_yesterdays_hold_does_not_free_todays_daily_total(ledger, 
     assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 900, "CNY"))).ok
     assert (await submit_one(ledger, Void(uuid7(), pending_id))).ok
     assert (await ledger.get_account(capped)).debits_day_minor == 900
-    assert (await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 101, "CNY"))).code \
-        is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), capped, books.merchant, 101, "CNY"))
+    ).code is ResultCode.DAILY_DEBIT_CAP_EXCEEDED
 
 
 async def test_set_limits_applies_to_the_next_transfer(ledger, books):
     changed = await ledger.set_limits(books.wallet, Limits(transfer_cap_minor=100))
     assert changed.code is AccountResultCode.OK and changed.account.limits == Limits(transfer_cap_minor=100)
     assert (await ledger.get_account(books.wallet)).limits == Limits(transfer_cap_minor=100)
-    assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 101, "CNY"))).code \
-        is ResultCode.TRANSFER_CAP_EXCEEDED
+    assert (
+        await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 101, "CNY"))
+    ).code is ResultCode.TRANSFER_CAP_EXCEEDED
     assert (await ledger.set_limits(books.wallet, Limits())).code is AccountResultCode.OK
     assert (await submit_one(ledger, Posted(uuid7(), books.wallet, books.merchant, 101, "CNY"))).ok
 
@@ -1071,8 +1230,12 @@ async def test_set_limits_refuses_a_balance_cap_below_what_the_account_holds(led
 
 
 async def test_set_limits_refuses_values_that_are_not_non_negative_ints(ledger, books):
-    for limits in (Limits(balance_cap_minor=-1), Limits(transfer_cap_minor=1.5), Limits(annual_debit_cap_minor=True),
-                   Limits(daily_debit_cap_minor="10")):
+    for limits in (
+        Limits(balance_cap_minor=-1),
+        Limits(transfer_cap_minor=1.5),
+        Limits(annual_debit_cap_minor=True),
+        Limits(daily_debit_cap_minor="10"),
+    ):
         assert (await ledger.set_limits(books.wallet, limits)).code is AccountResultCode.INVALID_LIMIT
     assert (await ledger.get_account(books.wallet)).limits == Limits()
 
@@ -1084,11 +1247,16 @@ async def _busy_wallet(ledger: Ledger, books: Books, clock) -> UUID:
     """A wallet with a history of every kind of transfer, on both sides."""
     wallet = books.wallet
     held, posted, voided, expiring = uuid7(), uuid7(), uuid7(), uuid7()
-    await ledger.submit([Posted(uuid7(), wallet, books.merchant, 100, "CNY"),
-                         Posted(uuid7(), books.merchant, wallet, 30, "CNY")])
-    await ledger.submit([Pending(held, wallet, books.merchant, 200, "CNY"),
-                         Pending(voided, books.funding, wallet, 50, "CNY"),
-                         Pending(expiring, wallet, books.merchant, 70, "CNY", timeout_s=5)])
+    await ledger.submit(
+        [Posted(uuid7(), wallet, books.merchant, 100, "CNY"), Posted(uuid7(), books.merchant, wallet, 30, "CNY")]
+    )
+    await ledger.submit(
+        [
+            Pending(held, wallet, books.merchant, 200, "CNY"),
+            Pending(voided, books.funding, wallet, 50, "CNY"),
+            Pending(expiring, wallet, books.merchant, 70, "CNY", timeout_s=5),
+        ]
+    )
     await ledger.submit([Post(posted, held, 150), Void(uuid7(), voided)])
     for amount in range(1, 8):
         await submit_one(ledger, Posted(uuid7(), books.funding, wallet, amount, "CNY"))
@@ -1117,13 +1285,16 @@ async def test_statement_lists_transfers_newest_first_with_the_balance_after_eac
         assert line.side == ("debit" if line.transfer.debit_account_id == wallet else "credit")
         assert wallet in (line.transfer.debit_account_id, line.transfer.credit_account_id)
     # Each line's balances are the previous (older) line's plus this transfer's effect.
-    for newer, older in zip(lines, lines[1:]):
+    for newer, older in itertools.pairwise(lines):
         after = newer.balances_after
         before = older.balances_after
         effect = _effect(newer)
         assert (after.debits_posted, after.credits_posted, after.debits_pending, after.credits_pending) == tuple(
-            b + e for b, e in zip((before.debits_posted, before.credits_posted, before.debits_pending,
-                                   before.credits_pending), effect))
+            b + e
+            for b, e in zip(
+                (before.debits_posted, before.credits_posted, before.debits_pending, before.credits_pending), effect
+            )
+        )
     oldest = lines[-1]
     assert oldest.transfer.amount_minor == WALLET_FUNDS
     assert oldest.balances_after == Balances(credits_posted=WALLET_FUNDS)
@@ -1165,11 +1336,23 @@ async def test_statement_of_an_unknown_account_is_empty_and_the_limit_is_bounded
             await ledger.statement(books.wallet, limit=limit)
 
 
-@pytest.mark.parametrize("change", [
-    {"kind": "wallet\x00"}, {"kind": ""}, {"owner_ref": "cust \ud800"}, {"owner_ref": b"bytes"}, {"owner_ref": "r" * 129},
-    {"id": "not-a-uuid"}, {"id": ["unhashable"]}, {"currency": ["CNY"]}, {"flags": 4}, {"flags": "1"},
-    {"limits": "none"},
-], ids=lambda change: next(iter(change)))
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"kind": "wallet\x00"},
+        {"kind": ""},
+        {"owner_ref": "cust \ud800"},
+        {"owner_ref": b"bytes"},
+        {"owner_ref": "r" * 129},
+        {"id": "not-a-uuid"},
+        {"id": ["unhashable"]},
+        {"currency": ["CNY"]},
+        {"flags": 4},
+        {"flags": "1"},
+        {"limits": "none"},
+    ],
+    ids=lambda change: next(iter(change)),
+)
 async def test_a_malformed_account_spec_is_refused_alone_and_the_rest_of_its_call_is_created(ledger, change):
     good = AccountSpec(uuid7(), "CNY", "wallet", owner_ref="cust-1")
     bad = dataclasses.replace(AccountSpec(uuid7(), "CNY", "wallet"), **change)
@@ -1182,7 +1365,9 @@ async def test_a_malformed_account_spec_is_refused_alone_and_the_rest_of_its_cal
 
 
 async def test_a_limit_beyond_bigint_is_refused_as_invalid_limit(ledger):
-    [result] = await ledger.create_accounts([AccountSpec(uuid7(), "CNY", "wallet", limits=Limits(balance_cap_minor=2**63))])
+    [result] = await ledger.create_accounts(
+        [AccountSpec(uuid7(), "CNY", "wallet", limits=Limits(balance_cap_minor=2**63))]
+    )
     assert result.code is AccountResultCode.INVALID_LIMIT
 
 
@@ -1214,10 +1399,12 @@ async def test_two_processes_opening_the_same_accounts_at_once_both_answer_ok(le
             first, second = await asyncio.gather(ledger.create_accounts(specs), other.create_accounts(specs))
             assert [r.code for r in first] == [r.code for r in second] == [AccountResultCode.OK] * 40
         clash = AccountSpec(uuid7(), "CNY", "wallet")
-        first, second = await asyncio.gather(ledger.create_accounts([clash]),
-                                             other.create_accounts([dataclasses.replace(clash, kind="merchant")]))
+        first, second = await asyncio.gather(
+            ledger.create_accounts([clash]), other.create_accounts([dataclasses.replace(clash, kind="merchant")])
+        )
         assert sorted([first[0].code, second[0].code]) == sorted(
-            [AccountResultCode.OK, AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS])
+            [AccountResultCode.OK, AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS]
+        )
     finally:
         await other.close()
 

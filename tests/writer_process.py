@@ -20,7 +20,8 @@ SIGTERM: ``Batcher.close()`` at once, which refuses new work and drains what is 
 writes the acks of what was drained, and its next hand-in is refused (``LedgerShuttingDown``, counted
 as ``refused_shutting_down``), after which it stops; then the process exits 0.
 
-The run is bounded by ``--count`` (transfers attempted) and ``--duration`` (seconds). On exit a JSON summary goes to stdout as the last line. The exit code is
+The run is bounded by ``--count`` (transfers attempted) and ``--duration`` (seconds). On exit a JSON
+summary goes to stdout as the last line. The exit code is
 0 when every answered transfer was ``ok``, 3 otherwise.
 """
 
@@ -168,8 +169,13 @@ class Writer:
     async def run(self) -> int:
         args = self.args
         ledger = Ledger(create_engine(args.url), read_key(args.key_file))
-        self.batcher = Batcher(ledger, batch_size_max=args.batch_size_max, batch_wait_ms=args.batch_wait_ms,
-                               queue_depth_max=args.queue_depth_max, expiry_interval_s=None)
+        self.batcher = Batcher(
+            ledger,
+            batch_size_max=args.batch_size_max,
+            batch_wait_ms=args.batch_wait_ms,
+            queue_depth_max=args.queue_depth_max,
+            expiry_interval_s=None,
+        )
         self.batcher.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.on_sigterm)
@@ -220,8 +226,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-wait-ms", type=float, default=1.0)
     parser.add_argument("--queue-depth-max", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--fsync", action=argparse.BooleanOptionalAction, default=True,
-                        help="fsync the ack file after each ack line (default on)")
+    parser.add_argument(
+        "--fsync",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fsync the ack file after each ack line (default on)",
+    )
     return parser.parse_args(argv)
 
 
