@@ -4,7 +4,11 @@ signed with the ledger's Ed25519 key, and a verifier that recomputes it all from
 ``block hash = SHA-256(previous hash || "SZHK-LEDGER-BLOCK-v1" || header || canonical transfers)``
 where the header is the block's sequence, first transfer seq, transfer count and time, and each
 transfer's canonical bytes are a fixed big-endian layout of every stored field (see
-:func:`canonical_transfer_bytes`). The signature covers the block hash.
+:func:`canonical_transfer_bytes`). A block that also seals refusals or account events appends
+``"REFUSALS" || count || canonical refusals || "EVENTS" || count || canonical events`` (refusals
+in id order, events in account id and version order); a block with neither hashes exactly as
+before, so chains sealed before refusals and events existed still verify. The signature covers the
+block hash.
 """
 
 from __future__ import annotations
@@ -22,8 +26,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import read_transaction
 from ledger.engine import TIMEOUT_S_MAX
-from ledger.model import Transfer, TransferKind
-from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, pending_timeouts, transfers
+from ledger.errors import ResultCode
+from ledger.model import AccountEvent, AccountEventKind, AccountSettings, Refusal, Transfer, TransferKind
+from ledger.schema import (
+    ACCOUNT_SETTING_COLUMNS,
+    GENESIS_HASH,
+    account_events,
+    accounts,
+    journal_blocks,
+    journal_head,
+    pending_timeouts,
+    transfer_refusals,
+    transfers,
+)
 
 BLOCK_DOMAIN = b"SZHK-LEDGER-BLOCK-v1"
 _HEADER = struct.Struct(">QQIq")
@@ -58,13 +73,68 @@ def canonical_transfer_bytes(transfer: Transfer) -> bytes:
     )
 
 
+def canonical_fields(values: Sequence[object]) -> bytes:
+    """Values in a fixed order, each tagged with its type, so that no two different sequences
+    give the same bytes: None, int (8 bytes, signed), UUID (16), str (length-prefixed UTF-8)."""
+    parts: list[bytes] = []
+    for value in values:
+        if value is None:
+            parts.append(b"\x00")
+        elif isinstance(value, UUID):
+            parts.append(b"\x02" + value.bytes)
+        elif isinstance(value, str):
+            encoded = value.encode()
+            parts.append(b"\x03" + struct.pack(">I", len(encoded)) + encoded)
+        elif isinstance(value, int):  # bools and IntEnums too: their integer value
+            parts.append(b"\x01" + struct.pack(">q", int(value)))
+        else:
+            raise TypeError(f"cannot seal a {type(value).__name__}")
+    return b"".join(parts)
+
+
+def canonical_refusal_bytes(refusal: Refusal) -> bytes:
+    r = refusal
+    return canonical_fields((
+        r.id, r.code.value, int(r.kind), r.debit_account_id, r.credit_account_id, r.amount_minor, r.currency,
+        r.pending_id, r.timeout_s, int(r.linked), r.user_data, r.created_at_us,
+    ))  # fmt: skip
+
+
+def canonical_event_bytes(event: AccountEvent) -> bytes:
+    settings = event.settings.as_row()
+    return canonical_fields((
+        event.account_id, event.version, event.event.value, event.actor, event.at_us,
+        *(settings[name] for name in ACCOUNT_SETTING_COLUMNS),
+    ))  # fmt: skip
+
+
+def refusal_order(refusal: Refusal) -> bytes:
+    return refusal.id.bytes
+
+
+def event_order(event: AccountEvent) -> tuple[bytes, int]:
+    return event.account_id.bytes, event.version
+
+
 def block_hash(
-    prev_hash: bytes, sequence: int, first_transfer_seq: int, created_at_us: int, batch: list[Transfer]
+    prev_hash: bytes,
+    sequence: int,
+    first_transfer_seq: int,
+    created_at_us: int,
+    batch: list[Transfer],
+    refusals: Sequence[Refusal] = (),
+    events: Sequence[AccountEvent] = (),
 ) -> bytes:
+    """The block's hash; ``refusals`` and ``events`` in their sealing order (see the module doc)."""
     digest = hashlib.sha256(prev_hash)
     digest.update(BLOCK_DOMAIN)
     digest.update(_HEADER.pack(sequence, first_transfer_seq, len(batch), created_at_us))
     digest.update(b"".join(map(canonical_transfer_bytes, batch)))
+    if refusals or events:
+        digest.update(b"REFUSALS" + struct.pack(">I", len(refusals)))
+        digest.update(b"".join(map(canonical_refusal_bytes, refusals)))
+        digest.update(b"EVENTS" + struct.pack(">I", len(events)))
+        digest.update(b"".join(map(canonical_event_bytes, events)))
     return digest.digest()
 
 
@@ -77,6 +147,8 @@ class JournalBlock:
     first_transfer_seq: int
     transfer_count: int
     created_at_us: int
+    refusal_count: int = 0
+    event_count: int = 0
 
 
 def seal_block(
@@ -86,10 +158,52 @@ def seal_block(
     first_transfer_seq: int,
     created_at_us: int,
     batch: list[Transfer],
+    refusals: list[Refusal] | None = None,
+    events: list[AccountEvent] | None = None,
 ) -> JournalBlock:
-    digest = block_hash(prev_hash, sequence, first_transfer_seq, created_at_us, batch)
+    """Hash and sign a block. ``refusals`` and ``events`` are sorted into their sealing order in
+    place, and each is stamped with the block's sequence."""
+    refusals = [] if refusals is None else refusals
+    events = [] if events is None else events
+    refusals.sort(key=refusal_order)
+    events.sort(key=event_order)
+    for refusal in refusals:
+        refusal.block_sequence = sequence
+    digest = block_hash(prev_hash, sequence, first_transfer_seq, created_at_us, batch, refusals, events)
     signature = signing_key.sign(digest).signature
-    return JournalBlock(sequence, prev_hash, digest, signature, first_transfer_seq, len(batch), created_at_us)
+    return JournalBlock(
+        sequence,
+        prev_hash,
+        digest,
+        signature,
+        first_transfer_seq,
+        len(batch),
+        created_at_us,
+        len(refusals),
+        len(events),
+    )
+
+
+def block_from_row(row: sa.Row) -> JournalBlock:
+    return JournalBlock(
+        row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature), row.first_transfer_seq,
+        row.transfer_count, row.created_at_us, row.refusal_count, row.event_count,
+    )  # fmt: skip
+
+
+def refusal_from_row(row: sa.Row) -> Refusal:
+    return Refusal(
+        row.id, ResultCode(row.code), TransferKind(row.kind), row.debit_account_id, row.credit_account_id,
+        row.amount_minor, row.currency, row.pending_id, row.timeout_s, bool(row.linked), row.user_data,
+        row.created_at_us, row.block_sequence,
+    )  # fmt: skip
+
+
+def event_from_row(row: sa.Row) -> AccountEvent:
+    return AccountEvent(
+        row.account_id, row.version, AccountEventKind(row.event), row.actor, row.at_us,
+        AccountSettings.from_row(row), row.block_sequence,
+    )  # fmt: skip
 
 
 def transfer_from_row(row: sa.Row) -> Transfer:
@@ -143,6 +257,8 @@ class AuditReport:
 
     blocks_checked: int = 0
     transfers_checked: int = 0
+    refusals_checked: int = 0
+    events_checked: int = 0
     accounts_checked: int = 0
     first_bad_block: int | None = None
     first_bad_account: UUID | None = None
@@ -197,6 +313,8 @@ async def verify_audit(engine: AsyncEngine, verify_key: VerifyKey, anchors: Sequ
             if stored != report.transfers_checked:
                 report.problems.append(f"{stored - report.transfers_checked} transfers lie outside every sealed block")
         if report.ok:
+            await _verify_sealed_rows(conn, report, replay)
+        if report.ok:
             await _verify_timeouts(conn, report, replay)
         if engine.dialect.name == "sqlite":
             await _verify_sqlite_id_text(conn, report)
@@ -218,6 +336,19 @@ class _Replay:
 
     currency_of: dict[UUID, str] = field(default_factory=dict)
     open_timeouts: dict[UUID, int] = field(default_factory=dict)
+    newest_event: dict[UUID, AccountEvent] = field(default_factory=dict)
+    event_problems: list[str] = field(default_factory=list)
+
+    def add_events(self, events: list[AccountEvent]) -> None:
+        """Each account's events must count 1, 2, 3… in chain order, and open with ``opened``."""
+        for event in events:
+            previous = self.newest_event.get(event.account_id)
+            expected = 1 if previous is None else previous.version + 1
+            if event.version != expected or (event.version == 1) != (event.event is AccountEventKind.OPENED):
+                self.event_problems.append(
+                    f"account {event.account_id}: event {event.version} ({event.event}) where {expected} was due"
+                )
+            self.newest_event[event.account_id] = event
 
     def add(self, transfer: Transfer) -> str | None:
         """Record the transfer; a problem if its accounts were seen in another currency."""
@@ -281,6 +412,7 @@ async def _verify_blocks(
         ).all()
         stored = [transfer_from_row(row) for row in rows]
         by_seq = {transfer.seq: transfer for transfer in stored}
+        sealed = await _SealedRows.load(conn, blocks[0].sequence, blocks[-1].sequence)
         for block in blocks:
             last_sequence = block.sequence
             batch = [
@@ -288,7 +420,10 @@ async def _verify_blocks(
                 for seq in range(block.first_transfer_seq, block.first_transfer_seq + block.transfer_count)
                 if seq in by_seq
             ]
-            problem = _block_problem(block, batch, prev_hash, expected_seq, report.blocks_checked + 1, verify_key)
+            refusals, events = sealed.of(block.sequence)
+            problem = _block_problem(
+                block, batch, refusals, events, prev_hash, expected_seq, report.blocks_checked + 1, verify_key
+            )
             if problem is None and anchors.get(block.sequence, {block.hash}) != {block.hash}:
                 problem = (
                     f"block {block.sequence}: its hash is not the one recorded outside the ledger "
@@ -305,15 +440,54 @@ async def _verify_blocks(
                 return
             for transfer in batch:
                 _add_effect(totals, transfer)
+            replay.add_events(events)
             report.blocks_checked += 1
             report.transfers_checked += len(batch)
+            report.refusals_checked += len(refusals)
+            report.events_checked += len(events)
             prev_hash = block.hash
             expected_seq += block.transfer_count
             report.last_hash = block.hash
 
 
+@dataclass(slots=True)
+class _SealedRows:
+    """The refusals and account events of a page of blocks, by block, in sealing order."""
+
+    refusals: dict[int, list[Refusal]]
+    events: dict[int, list[AccountEvent]]
+
+    @classmethod
+    async def load(cls, conn, first_block: int, last_block: int) -> _SealedRows:
+        refusals: dict[int, list[Refusal]] = {}
+        events: dict[int, list[AccountEvent]] = {}
+        for row in await conn.execute(
+            sa.select(transfer_refusals).where(transfer_refusals.c.block_sequence.between(first_block, last_block))
+        ):
+            refusals.setdefault(row.block_sequence, []).append(refusal_from_row(row))
+        for row in await conn.execute(
+            sa.select(account_events).where(account_events.c.block_sequence.between(first_block, last_block))
+        ):
+            events.setdefault(row.block_sequence, []).append(event_from_row(row))
+        for group in refusals.values():
+            group.sort(key=refusal_order)
+        for group in events.values():
+            group.sort(key=event_order)
+        return cls(refusals, events)
+
+    def of(self, block_sequence: int) -> tuple[list[Refusal], list[AccountEvent]]:
+        return self.refusals.get(block_sequence, []), self.events.get(block_sequence, [])
+
+
 def _block_problem(
-    block, batch: list[Transfer], prev_hash: bytes, expected_seq: int, expected_sequence: int, verify_key: VerifyKey
+    block,
+    batch: list[Transfer],
+    refusals: list[Refusal],
+    events: list[AccountEvent],
+    prev_hash: bytes,
+    expected_seq: int,
+    expected_sequence: int,
+    verify_key: VerifyKey,
 ) -> str | None:
     if block.sequence != expected_sequence:
         return f"block {block.sequence}: expected block {expected_sequence} (a block is missing)"
@@ -325,14 +499,46 @@ def _block_problem(
             f"{block.first_transfer_seq + block.transfer_count - 1}, found {len(batch)} of them "
             f"(expected to start at {expected_seq})"
         )
-    digest = block_hash(prev_hash, block.sequence, block.first_transfer_seq, block.created_at_us, batch)
+    if len(refusals) != block.refusal_count or len(events) != block.event_count:
+        return (
+            f"block {block.sequence}: seals {block.refusal_count} refusals and {block.event_count} account events, "
+            f"found {len(refusals)} and {len(events)}"
+        )
+    digest = block_hash(
+        prev_hash, block.sequence, block.first_transfer_seq, block.created_at_us, batch, refusals, events
+    )
     if digest != block.hash:
-        return f"block {block.sequence}: its transfers do not hash to the sealed hash (a stored transfer was changed)"
+        return (
+            f"block {block.sequence}: its transfers, refusals and account events do not hash to the sealed hash "
+            "(a stored row was changed)"
+        )
     try:
         verify_key.verify(block.hash, block.signature)
     except BadSignatureError:
         return f"block {block.sequence}: the signature does not verify with the ledger's public key"
     return None
+
+
+async def _verify_sealed_rows(conn, report: AuditReport, replay: _Replay) -> None:
+    """Every refusal and account event lies in a sealed block; no id is both a transfer and a
+    refusal; each account's events count up from its opening."""
+    for table, checked, name in (
+        (transfer_refusals, report.refusals_checked, "refusals"),
+        (account_events, report.events_checked, "account events"),
+    ):
+        stored = (await conn.execute(sa.select(sa.func.count()).select_from(table))).scalar_one()
+        if stored != checked:
+            report.problems.append(f"{stored - checked} {name} lie outside every sealed block")
+    both = (
+        await conn.execute(
+            sa.select(sa.func.count()).select_from(
+                transfer_refusals.join(transfers, transfers.c.id == transfer_refusals.c.id)
+            )
+        )
+    ).scalar_one()
+    if both:
+        report.problems.append(f"{both} ids are stored both as a transfer and as a refusal")
+    report.problems.extend(replay.event_problems[:10])
 
 
 async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
@@ -383,12 +589,16 @@ def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
 
 
 async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay) -> None:
-    columns = [accounts.c.id, accounts.c.currency] + [accounts.c[name] for name in _BALANCE_COLUMNS]
+    columns = [accounts.c.id] + [accounts.c[name] for name in (*ACCOUNT_SETTING_COLUMNS, *_BALANCE_COLUMNS)]
     result = await conn.stream(sa.select(*columns).order_by(accounts.c.id))
     seen: set[UUID] = set()
     async for row in result:
         seen.add(row.id)
         report.accounts_checked += 1
+        settings_problem = _settings_problem(row, replay.newest_event.get(row.id))
+        if settings_problem is not None and report.first_bad_account is None:
+            report.first_bad_account = row.id
+            report.problems.append(settings_problem)
         moved = replay.currency_of.get(row.id)
         if moved is not None and moved != row.currency and report.first_bad_account is None:
             report.first_bad_account = row.id
@@ -403,6 +613,23 @@ async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[in
                 if have != want
             )
             report.problems.append(f"account {row.id}: {differing}")
+    orphans = set(replay.newest_event) - seen
+    if orphans:
+        report.problems.append(f"{len(orphans)} accounts have sealed events but no row, e.g. {min(orphans)}")
     unknown = set(totals) - seen
     if unknown:
         report.problems.append(f"{len(unknown)} transfers name accounts that do not exist, e.g. {min(unknown)}")
+
+
+def _settings_problem(row, newest: AccountEvent | None) -> str | None:
+    """An account row's settings must be those its newest sealed event says."""
+    if newest is None:
+        return f"account {row.id}: no sealed event opened it"
+    stored = AccountSettings.from_row(row).as_row()
+    sealed = newest.settings.as_row()
+    differing = [
+        f"{name} is {stored[name]!r}, sealed {sealed[name]!r}" for name in stored if stored[name] != sealed[name]
+    ]
+    if differing:
+        return f"account {row.id}: " + "; ".join(differing) + f" (event {newest.version}): changed behind the ledger"
+    return None

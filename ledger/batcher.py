@@ -120,7 +120,9 @@ class Batcher:
         return (await self.submit_many([command]))[0]
 
     async def submit_many(self, commands: Sequence[TransferCommand]) -> list[TransferResult]:
-        """Apply commands together in one batch, in order. A linked chain must end inside them."""
+        """Apply commands together in one batch, in order. A linked chain must end inside them.
+        More than ``batch_size_max`` commands (a settlement of many participants is one long chain)
+        run whole in a batch of their own, up to the hard maximum ``ledger.core.BATCH_SIZE_MAX``."""
         commands = list(commands)
         if not commands:
             return []
@@ -128,15 +130,16 @@ class Batcher:
             raise LedgerUnavailable(f"the ledger's writer stopped: {self._stopped!r}")
         if self._closing:
             raise LedgerShuttingDown("the ledger is shutting down and takes no new transfers")
-        if len(commands) > self.batch_size_max:
-            raise ValueError(f"at most {self.batch_size_max} commands go in one batch, got {len(commands)}")
+        if len(commands) > BATCH_SIZE_MAX:
+            raise ValueError(f"at most {BATCH_SIZE_MAX} commands go in one batch, got {len(commands)}")
         check_commands(commands)  # here, so that a foreign object fails its caller, not a shared batch
         if commands[-1].linked is True:
             # A chain left open here would run on into another caller's commands.
             return [TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in commands[:-1]] + [
                 TransferResult(ResultCode.LINKED_EVENT_CHAIN_OPEN)
             ]
-        if self._queued + len(commands) > self.queue_depth_max:
+        # A hand-in larger than the whole queue bound is still taken into an empty queue.
+        if self._queued and self._queued + len(commands) > self.queue_depth_max:
             raise LedgerOverloaded(
                 f"{self._queued} transfers are already waiting (at most {self.queue_depth_max}); retry shortly"
             )
@@ -249,12 +252,13 @@ class Batcher:
         items: list[_Item] = []
         size = 0
         queue = self._queue
-        while queue and (not items or size + len(queue[0].commands) <= limit):
-            if size + len(queue[0].commands) > self.batch_size_max:
+        while queue:
+            next_size = len(queue[0].commands)
+            # The first item is always taken, so one longer than batch_size_max runs alone.
+            if items and (size + next_size > limit or size + next_size > self.batch_size_max):
                 break
-            item = queue.popleft()
-            items.append(item)
-            size += len(item.commands)
+            items.append(queue.popleft())
+            size += next_size
         self._queued -= size
         if queue:
             self._wakeup.set()

@@ -8,7 +8,6 @@ result code, never an exception. The :class:`ledger.batcher.Batcher` feeds it fr
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -16,64 +15,73 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 import sqlalchemy as sa
-from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ledger.accounts import KEEP, AccountBook, _Keep
 from ledger.audit import (
     Anchor,
     AuditReport,
     JournalBlock,
+    block_from_row,
     newest_anchor,
+    refusal_from_row,
     seal_block,
     transfer_from_row,
     verify_audit,
 )
 from ledger.db import create_engine, read_transaction
-from ledger.engine import BatchEngine, accounts_needed, business_day_and_year, storable_text, well_formed
+from ledger.engine import AccountState, BatchEngine, accounts_needed, well_formed
 from ledger.errors import (
-    AccountResultCode,
     InvariantViolation,
-    LedgerKeyMismatch,
     LedgerOutcomeUnknown,
     LedgerUnavailable,
     ResultCode,
     UnknownCurrency,
 )
 from ledger.ids import now_us, uuid7
+from ledger.journal import SigningKeyGuard
 from ledger.model import (
     Account,
-    AccountFlags,
+    AccountEvent,
     AccountResult,
     AccountSpec,
     AccountStatus,
     Balances,
     Limits,
+    Refusal,
     Transfer,
     TransferCommand,
     TransferKind,
     TransferResult,
 )
 from ledger.money import Currency
-from ledger.schema import accounts, currencies, journal_blocks, journal_head, pending_timeouts, transfers
-from ledger.store import JournalHead, store_for
+from ledger.schema import (
+    accounts,
+    currencies,
+    journal_blocks,
+    journal_head,
+    pending_timeouts,
+    transfer_refusals,
+    transfers,
+)
+from ledger.store import IdClash, JournalHead, store_for
 
 log = logging.getLogger(__name__)
 
-# The most commands one submit (one database transaction) may carry.
+# The most commands one submit (one database transaction) may carry. It is TigerBeetle's batch
+# bound, (1 MiB message - 256-byte header) / 128-byte transfer = 8,190, so a client moving between
+# the two meets one limit; here it bounds one transaction's lock set (at most two accounts per
+# command, 16,380 rows) and one batch's memory and time. The batcher's usual batch is far smaller
+# (``batch_size_max``, 1,000 by default); a longer linked chain runs in a batch of its own.
 BATCH_SIZE_MAX = 8_190
 # Whole-batch retries on a retryable database error (deadlock, serialization, lost race, busy).
 SUBMIT_ATTEMPTS_MAX = 6
 RETRY_BACKOFF_BASE_S = 0.002
 # Expired pending transfers voided per expiry pass.
 EXPIRY_BATCH_MAX = 1_000
-# An account id another process inserts between our read and our insert is read again this often.
-CREATE_ACCOUNTS_ATTEMPTS_MAX = 3
 STATEMENT_PAGE_MAX = 500
 STATEMENT_PAGE_DEFAULT = 50
-ACCOUNT_KIND_LENGTH_MAX = 32  # the columns' sizes in ledger.schema
-OWNER_REF_LENGTH_MAX = 128
 # Expiry answers meaning the hold is resolved already, or was never a hold: its due row is dropped.
 _NEVER_EXPIRES = frozenset(
     {
@@ -92,6 +100,7 @@ class LedgerStats:
 
     batches: int = 0
     transfers_committed: int = 0
+    refusals_remembered: int = 0
     retries: int = 0
     retry_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -125,8 +134,9 @@ class Ledger:
         self.clock = clock
         self.stats = LedgerStats()
         self._store = store_for(engine.dialect.name)
-        self._key_checked = False
+        self._guard = SigningKeyGuard(signing_key)
         self._currencies: dict[str, Currency] | None = None
+        self.accounts = AccountBook(engine, self._guard, clock, self.currencies, self._note_retry)
 
     @classmethod
     def open(cls, url: str, signing_key: SigningKey, *, clock: Callable[[], int] = now_us, **engine_options) -> Ledger:
@@ -164,162 +174,31 @@ class Ledger:
 
     # -- accounts --------------------------------------------------------------------------
 
-    async def create_accounts(self, specs: Sequence[AccountSpec]) -> list[AccountResult]:
-        """Open accounts idempotently: the same id with the same fields answers ``ok`` again.
-        All new rows go in with one multi-row insert."""
-        for spec in specs:
-            if not isinstance(spec, AccountSpec):
-                raise TypeError(f"expected AccountSpec, got {type(spec).__name__}")
-        well_formed_specs = [_spec_well_formed(spec) for spec in specs]
-        known_currencies = await self.currencies()
-        if any(ok and spec.currency not in known_currencies for spec, ok in zip(specs, well_formed_specs)):
-            known_currencies = await self.currencies(refresh=True)  # another process may have added it
-        for attempt in range(1, CREATE_ACCOUNTS_ATTEMPTS_MAX + 1):
-            try:
-                return await self._create_accounts_once(specs, well_formed_specs, known_currencies)
-            except IntegrityError as error:
-                # Another process inserted one of these ids between our read and our insert (on
-                # PostgreSQL; SQLite's BEGIN IMMEDIATE serialises the two): read them again, and
-                # answer ok or exists_with_different_fields like any other existing account.
-                if attempt == CREATE_ACCOUNTS_ATTEMPTS_MAX or not _unique_violation(error):
-                    raise
-                self._note_retry("account id inserted concurrently")
-        raise AssertionError("unreachable")
-
-    async def _create_accounts_once(
-        self, specs: Sequence[AccountSpec], well_formed_specs: list[bool], known_currencies: dict[str, Currency]
-    ) -> list[AccountResult]:
-        results: list[AccountResult] = []
-        async with self.engine.begin() as conn:
-            existing = await self._accounts_by_id(conn, [spec.id for spec, ok in zip(specs, well_formed_specs) if ok])
-            created_at_us = self.clock()
-            rows: list[dict] = []
-            for spec, ok in zip(specs, well_formed_specs):
-                results.append(
-                    self._new_account(spec, existing, known_currencies, created_at_us, rows)
-                    if ok
-                    else AccountResult(AccountResultCode.INVALID_ACCOUNT)
-                )
-            if rows:
-                await conn.execute(accounts.insert(), rows)
-        return results
-
-    @staticmethod
-    def _new_account(
-        spec: AccountSpec,
-        existing: dict[UUID, Account],
-        known_currencies: dict[str, Currency],
-        created_at_us: int,
-        rows: list[dict],
-    ) -> AccountResult:
-        found = existing.get(spec.id)
-        if found is not None:
-            same = (found.currency, found.kind, found.owner_ref, found.flags, found.limits) == (
-                spec.currency,
-                spec.kind,
-                spec.owner_ref,
-                AccountFlags(spec.flags),
-                spec.limits,
-            )
-            return AccountResult(
-                AccountResultCode.OK if same else AccountResultCode.EXISTS_WITH_DIFFERENT_FIELDS, found
-            )
-        if spec.currency not in known_currencies:
-            return AccountResult(AccountResultCode.CURRENCY_NOT_FOUND)
-        flags = AccountFlags(spec.flags)
-        if flags & AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS and flags & AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS:
-            return AccountResult(AccountResultCode.FLAGS_ARE_MUTUALLY_EXCLUSIVE)
-        if spec.limits.problems():
-            return AccountResult(AccountResultCode.INVALID_LIMIT)
-        rows.append(
-            dict(
-                id=spec.id,
-                currency=spec.currency,
-                kind=spec.kind,
-                owner_ref=spec.owner_ref,
-                flags=int(flags),
-                status=int(AccountStatus.OPEN),
-                created_at_us=created_at_us,
-                debits_posted=0,
-                credits_posted=0,
-                debits_pending=0,
-                credits_pending=0,
-                debit_day=0,
-                debits_day_minor=0,
-                debit_year=0,
-                debits_year_minor=0,
-                **_limit_columns(spec.limits),
-            )
-        )
-        account = Account(
-            spec.id,
-            spec.currency,
-            spec.kind,
-            spec.owner_ref,
-            flags,
-            AccountStatus.OPEN,
-            spec.limits,
-            Balances(),
-            0,
-            0,
-            created_at_us,
-        )
-        existing[spec.id] = account
-        return AccountResult(AccountResultCode.OK, account)
+    async def create_accounts(self, specs: Sequence[AccountSpec], *, actor: str | None = None) -> list[AccountResult]:
+        """Open accounts idempotently (see :meth:`AccountBook.create_accounts`)."""
+        return await self.accounts.create_accounts(specs, actor=actor)
 
     async def get_account(self, account_id: UUID) -> Account | None:
-        async with self._reading() as conn:
-            return (await self._accounts_by_id(conn, [account_id])).get(account_id)
+        return (await self.accounts.get_accounts([account_id])).get(account_id)
 
     async def get_accounts(self, account_ids: Sequence[UUID]) -> dict[UUID, Account]:
-        async with self._reading() as conn:
-            return await self._accounts_by_id(conn, list(account_ids))
+        return await self.accounts.get_accounts(account_ids)
 
-    async def set_account_status(self, account_id: UUID, status: AccountStatus) -> AccountResult:
-        """Freeze, unfreeze or close. Closing needs a zero posted balance (credits equal debits) and
-        nothing pending either way, and is final. ``status`` may be the plain value (2 for closed):
-        it is read as an AccountStatus first, so the checks see what is stored."""
-        status = AccountStatus(status)  # ValueError for a status that does not exist
-        async with self.engine.begin() as conn:
-            account = await self._lock_account(conn, account_id)
-            if account is None:
-                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
-            if account.status is AccountStatus.CLOSED:
-                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
-            held = account.balances
-            if status is AccountStatus.CLOSED and (held.posted_minor or held.debits_pending or held.credits_pending):
-                return AccountResult(AccountResultCode.ACCOUNT_NOT_EMPTY, account)
-            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(status=int(status)))
-            return AccountResult(AccountResultCode.OK, _replace_account(account, status=status))
+    async def set_account_status(
+        self, account_id: UUID, status: AccountStatus, *, actor: str | None = None
+    ) -> AccountResult:
+        """Freeze, unfreeze or close (see :meth:`AccountBook.set_account_status`)."""
+        return await self.accounts.set_account_status(account_id, status, actor=actor)
 
-    async def set_limits(self, account_id: UUID, limits: Limits) -> AccountResult:
-        """Change an account's caps from its next transfer on. A balance cap below what the account
-        already holds is refused rather than leaving the account over its own cap."""
-        if limits.problems():
-            return AccountResult(AccountResultCode.INVALID_LIMIT)
-        async with self.engine.begin() as conn:
-            account = await self._lock_account(conn, account_id)
-            if account is None:
-                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
-            if account.status is AccountStatus.CLOSED:
-                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
-            held = account.balances.credits_posted + account.balances.credits_pending - account.balances.debits_posted
-            if limits.balance_cap_minor is not None and held > limits.balance_cap_minor:
-                return AccountResult(AccountResultCode.LIMIT_BELOW_BALANCE, account)
-            await conn.execute(accounts.update().where(accounts.c.id == account_id).values(**_limit_columns(limits)))
-            return AccountResult(AccountResultCode.OK, _replace_account(account, limits=limits))
+    async def set_limits(
+        self, account_id: UUID, limits: Limits, *, profile: str | _Keep | None = KEEP, actor: str | None = None
+    ) -> AccountResult:
+        """Change caps and profile (see :meth:`AccountBook.set_limits`)."""
+        return await self.accounts.set_limits(account_id, limits, profile=profile, actor=actor)
 
-    async def _lock_account(self, conn: AsyncConnection, account_id: UUID) -> Account | None:
-        row = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id).with_for_update())).first()
-        return None if row is None else _account_from_row(row, business_day_and_year(self.clock()))
-
-    async def _accounts_by_id(self, conn: AsyncConnection, ids: list[UUID]) -> dict[UUID, Account]:
-        found: dict[UUID, Account] = {}
-        today = business_day_and_year(self.clock())
-        for start in range(0, len(ids), 500):
-            rows = await conn.execute(sa.select(accounts).where(accounts.c.id.in_(ids[start : start + 500])))
-            found.update((row.id, _account_from_row(row, today)) for row in rows)
-        return found
+    async def account_history(self, account_id: UUID) -> list[AccountEvent]:
+        """The account's sealed events, oldest first (see :meth:`AccountBook.account_history`)."""
+        return await self.accounts.account_history(account_id)
 
     # -- transfers -------------------------------------------------------------------------
 
@@ -338,8 +217,6 @@ class Ledger:
         if len(commands) > BATCH_SIZE_MAX:
             raise ValueError(f"a batch holds at most {BATCH_SIZE_MAX} commands, got {len(commands)}")
         check_commands(commands)
-        if not self._key_checked:
-            await self.check_signing_key()
         # Malformed commands are answered by the engine (invalid_command) and kept out of every
         # id and account set the batch reads and locks.
         usable = [command for command in commands if well_formed(command)]
@@ -347,8 +224,8 @@ class Ledger:
         for attempt in range(1, SUBMIT_ATTEMPTS_MAX + 1):
             try:
                 return await self._submit_once(commands, usable)
-            except _LocksIncomplete as error:
-                self._note_retry(str(error))
+            except (_LocksIncomplete, IdClash) as error:
+                self._note_retry(type(error).__name__)
                 continue
             except Exception as error:
                 failure = self._store.classify(error)
@@ -378,7 +255,7 @@ class Ledger:
         async with store.transaction(self.engine) as conn:
             # Which accounts a post or void touches is known only from its pending transfer.
             # Stored transfers never change, so that one read may come before the locks.
-            pendings = await store.load_transfers(conn, pending_ids) if pending_ids else {}
+            pendings = (await store.load_known(conn, pending_ids))[0] if pending_ids else {}
             states = await store.lock_accounts(conn, accounts_needed(usable, pendings))
             # Everything that decides a result is read under the locks: whoever else stores one
             # of these ids or resolves one of these holds must hold the same account locks, so
@@ -386,31 +263,38 @@ class Ledger:
             # ids would come from a snapshot taken before the lock wait: a transfer committed
             # meanwhile by another process would be missed, and its replay here refused as
             # insufficient funds instead of answered; a test proves this.)
-            known = await store.load_transfers(conn, ids | pending_ids)
+            known, refused = await store.load_known(conn, ids | pending_ids)
             resolved = await store.load_resolutions(conn, pending_ids) if pending_ids else {}
             if any(transfer_id not in pendings for transfer_id in pending_ids & known.keys()):
                 # A hold committed elsewhere between the two reads: its accounts are not locked.
                 raise _LocksIncomplete("a pending transfer appeared while its accounts were being locked")
-            batch = BatchEngine(states, known, resolved, self.clock())
+            batch = BatchEngine(states, known, resolved, self.clock(), refused)
             results = batch.apply(commands)
-            new = batch.new_transfers
-            if new:
-                await self._write_batch(conn, new, [state for state in states.values() if state.touched], batch.now_us)
-        if new:
+            new, refusals = batch.new_transfers, batch.new_refusals
+            if new or refusals:
+                touched = [state for state in states.values() if state.touched]
+                block = await self._write_batch(conn, new, refusals, touched, batch.now_us)
+        if new or refusals:
+            self._guard.sealed(block)  # committed: the chain's newest block is ours
             self.stats.batches += 1
             self.stats.transfers_committed += len(new)
+            self.stats.refusals_remembered += len(refusals)
         return results
 
-    async def _write_batch(self, conn, new: list[Transfer], touched: list, now: int) -> None:
+    async def _write_batch(
+        self, conn, new: list[Transfer], refusals: list[Refusal], touched: list[AccountState], now: int
+    ) -> JournalBlock:
         store = self._store
         head: JournalHead = await store.lock_head(conn)
+        self._guard.check(head)  # under the head lock: no other key can seal in between
         first_seq = head.last_transfer_seq + 1
         for offset, transfer in enumerate(new):
             transfer.seq = first_seq + offset
-        block = seal_block(self.signing_key, head.hash, head.sequence + 1, first_seq, now, new)
-        await store.write_batch(conn, new, touched, block)
+        block = seal_block(self.signing_key, head.hash, head.sequence + 1, first_seq, now, new, refusals)
+        await store.write_batch(conn, new, refusals, touched, block)
         if any(t.expires_at_us is not None or t.pending_id is not None for t in new):
             await store.update_timeouts(conn, new)
+        return block
 
     async def expire_pending(self, *, limit: int = EXPIRY_BATCH_MAX) -> int:
         """Void pending transfers whose timeout has passed; their funds return to the source.
@@ -450,6 +334,14 @@ class Ledger:
             async with self.engine.begin() as conn:
                 await conn.execute(pending_timeouts.delete().where(pending_timeouts.c.transfer_id.in_(list(stuck))))
         return sum(1 for result in results if result.ok)
+
+    async def get_refusal(self, transfer_id: UUID) -> Refusal | None:
+        """The remembered refusal stored under this id, if the id was refused."""
+        async with self._reading() as conn:
+            row = (
+                await conn.execute(sa.select(transfer_refusals).where(transfer_refusals.c.id == transfer_id))
+            ).first()
+        return None if row is None else refusal_from_row(row)
 
     async def get_transfer(self, transfer_id: UUID) -> Transfer | None:
         async with self._reading() as conn:
@@ -568,31 +460,16 @@ class Ledger:
             ).first()
         if row is None:
             return None
-        return JournalBlock(
-            row.sequence,
-            bytes(row.prev_hash),
-            bytes(row.hash),
-            bytes(row.signature),
-            row.first_transfer_seq,
-            row.transfer_count,
-            row.created_at_us,
-        )
+        return block_from_row(row)
 
     async def check_signing_key(self) -> None:
         """Raise :class:`LedgerKeyMismatch` unless this ledger's key signed the chain's newest
-        block (any key will do for an empty chain). ``submit`` checks once before its first
-        batch: a process started with another key (another host's data directory, a new key
-        made by mistake) would otherwise seal blocks that no single key verifies."""
+        block (any key will do for an empty chain): an early answer for start-up. Every write
+        checks again under the journal head lock, so that two processes started with different
+        keys can never both seal blocks."""
         block = await self.newest_block()
         if block is not None:
-            try:
-                self.verify_key.verify(block.hash, block.signature)
-            except BadSignatureError:
-                raise LedgerKeyMismatch(
-                    f"this ledger's signing key did not sign block {block.sequence}, the chain's newest; "
-                    "open the ledger with the key that signed the chain"
-                ) from None
-        self._key_checked = True
+            self._guard.check(JournalHead(block.sequence, block.hash, 0, block.signature))
 
     async def verify_audit(self, verify_key: VerifyKey | None = None, anchors: Sequence[Anchor] = ()) -> AuditReport:
         return await verify_audit(self.engine, verify_key or self.verify_key, anchors)
@@ -607,26 +484,6 @@ class Ledger:
         return read_transaction(self.engine, snapshot=snapshot)
 
 
-_KNOWN_FLAGS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlags.CREDITS_MUST_NOT_EXCEED_DEBITS)
-
-
-def _spec_well_formed(spec: AccountSpec) -> bool:
-    """Whether every field of an account spec has a type and size the accounts table stores, so
-    that a malformed spec is answered invalid_account instead of failing its whole call."""
-    return (
-        isinstance(spec.id, UUID)
-        and type(spec.currency) is str
-        and isinstance(spec.limits, Limits)
-        and isinstance(spec.flags, int)
-        and not isinstance(spec.flags, bool)
-        and 0 <= spec.flags
-        and not spec.flags & ~_KNOWN_FLAGS
-        and bool(spec.kind)
-        and storable_text(spec.kind, ACCOUNT_KIND_LENGTH_MAX)
-        and (spec.owner_ref is None or storable_text(spec.owner_ref, OWNER_REF_LENGTH_MAX))
-    )
-
-
 def _unavailable(reason: str, commit_may_have_landed: bool) -> LedgerUnavailable:
     if commit_may_have_landed:
         return LedgerOutcomeUnknown(
@@ -634,12 +491,6 @@ def _unavailable(reason: str, commit_may_have_landed: bool) -> LedgerUnavailable
             "resubmit the same ids to learn each outcome"
         )
     return LedgerUnavailable(f"the batch was not committed: {reason}")
-
-
-def _unique_violation(error: IntegrityError) -> bool:
-    """PostgreSQL's unique_violation (23505), or SQLite's UNIQUE constraint message."""
-    orig = error.orig
-    return getattr(orig, "sqlstate", None) == "23505" or "UNIQUE constraint failed" in str(orig)
 
 
 def check_commands(commands: Sequence[TransferCommand]) -> None:
@@ -656,37 +507,3 @@ def _undo_effect(balance: list[int], transfer: Transfer, account_id: UUID) -> No
     else:
         balance[1] -= transfer.posted_delta
         balance[3] -= transfer.pending_delta
-
-
-def _limit_columns(limits: Limits) -> dict[str, int | None]:
-    return dict(
-        balance_cap_minor=limits.balance_cap_minor,
-        transfer_cap_minor=limits.transfer_cap_minor,
-        daily_debit_cap_minor=limits.daily_debit_cap_minor,
-        annual_debit_cap_minor=limits.annual_debit_cap_minor,
-    )
-
-
-def _account_from_row(row: sa.Row, today: tuple[int, int]) -> Account:
-    """The account as of ``today`` (Asia/Shanghai day and year): a debit counter of an earlier day
-    or year reads 0, as the next debit will find it."""
-    day, year = today
-    return Account(
-        id=row.id,
-        currency=row.currency,
-        kind=row.kind,
-        owner_ref=row.owner_ref,
-        flags=AccountFlags(row.flags),
-        status=AccountStatus(row.status),
-        limits=Limits(
-            row.balance_cap_minor, row.transfer_cap_minor, row.daily_debit_cap_minor, row.annual_debit_cap_minor
-        ),
-        balances=Balances(row.debits_posted, row.credits_posted, row.debits_pending, row.credits_pending),
-        debits_day_minor=row.debits_day_minor if row.debit_day >= day else 0,
-        debits_year_minor=row.debits_year_minor if row.debit_year >= year else 0,
-        created_at_us=row.created_at_us,
-    )
-
-
-def _replace_account(account: Account, **changes) -> Account:
-    return dataclasses.replace(account, **changes)

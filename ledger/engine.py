@@ -15,12 +15,13 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from ledger.errors import ResultCode
-from ledger.model import AccountFlags, AccountStatus, Transfer, TransferCommand, TransferKind, TransferResult
+from ledger.model import AccountFlags, AccountStatus, Refusal, Transfer, TransferCommand, TransferKind, TransferResult
 
 # Daily and annual debit caps count days in the corridor's business time zone.
 BUSINESS_TIME_ZONE = ZoneInfo("Asia/Shanghai")
 BIGINT_MAX = 2**63 - 1
 USER_DATA_LENGTH_MAX = 1024
+CURRENCY_LENGTH_MAX = 3  # ISO 4217 codes; a longer one cannot be any account's currency
 TIMEOUT_S_MAX = 366 * 24 * 3600
 
 _DEBITS_MUST_NOT_EXCEED_CREDITS = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)
@@ -61,6 +62,7 @@ class AccountState:
     transfer_cap_minor: int | None
     daily_debit_cap_minor: int | None
     annual_debit_cap_minor: int | None
+    debit_balance_cap_minor: int | None
     debit_day: int
     debits_day_minor: int
     debit_year: int
@@ -113,7 +115,7 @@ class BatchEngine:
 
     ``known`` maps transfer ids already stored (for idempotency and for pending transfers that
     posts and voids refer to); ``resolved`` maps pending ids already resolved to the kind of the
-    resolving transfer. Both grow as the batch commits transfers in memory.
+    resolving transfer; ``refused`` maps ids refused before. All grow as the batch goes.
     """
 
     def __init__(
@@ -122,13 +124,16 @@ class BatchEngine:
         known: dict[UUID, Transfer],
         resolved: dict[UUID, TransferKind],
         now_us: int,
+        refused: dict[UUID, Refusal] | None = None,
     ) -> None:
         self.accounts = accounts
         self.known = known
         self.resolved = resolved
+        self.refused = {} if refused is None else refused
         self.now_us = now_us
         self.day, self.year = business_day_and_year(now_us)
         self.new_transfers: list[Transfer] = []
+        self.new_refusals: list[Refusal] = []
 
     def apply(self, commands: list[TransferCommand]) -> list[TransferResult]:
         results: list[TransferResult] = []
@@ -137,7 +142,7 @@ class BatchEngine:
         while index < count:
             command = commands[index]
             if command.linked is not True:  # only a real True links: a malformed value fails alone
-                results.append(self._apply_one(command, None))
+                results.append(self._remember_refusal(command, self._apply_one(command, None)))
                 index += 1
                 continue
             end = index
@@ -160,7 +165,7 @@ class BatchEngine:
             if not result.ok:
                 self._roll_back(undo)
                 failed = [TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in chain]
-                failed[position] = result
+                failed[position] = self._remember_refusal(command, result)
                 return failed
             results.append(result)
         return results
@@ -174,6 +179,15 @@ class BatchEngine:
             del self.resolved[pending_id]
         del self.new_transfers[undo.new_count :]
 
+    def _remember_refusal(self, command: TransferCommand, result: TransferResult) -> TransferResult:
+        """Store a business refusal under the command's id (see ``ResultCode.is_remembered``).
+        Expiries are the ledger's own commands under fresh ids: nobody retries them."""
+        if result.code.is_remembered and not result.replayed and command.kind is not _EXPIRE:
+            refusal = Refusal.of(command, result.code, self.now_us)
+            self.refused[command.id] = refusal
+            self.new_refusals.append(refusal)
+        return result
+
     def _apply_one(self, command: TransferCommand, undo: _Undo | None) -> TransferResult:
         if not well_formed(command):
             return TransferResult(
@@ -184,6 +198,11 @@ class BatchEngine:
             if _same_fields(command, existing):
                 return TransferResult(ResultCode.OK, existing, replayed=True)
             return TransferResult(ResultCode.EXISTS_WITH_DIFFERENT_FIELDS, existing)
+        refusal = self.refused.get(command.id)
+        if refusal is not None:
+            if refusal.same_command(command):
+                return TransferResult(refusal.code, replayed=True)
+            return TransferResult(ResultCode.EXISTS_WITH_DIFFERENT_FIELDS)
         kind = command.kind
         if kind is _POSTED or kind is _PENDING:
             code = self._check_new(command)
@@ -230,6 +249,12 @@ class BatchEngine:
             and credit.credits_posted + credit.credits_pending + amount > credit.debits_posted
         ):
             return ResultCode.CREDITS_EXCEED_DEBITS
+        if (
+            debit.debit_balance_cap_minor is not None
+            and debit.debits_posted + debit.debits_pending + amount - debit.credits_posted
+            > debit.debit_balance_cap_minor
+        ):
+            return ResultCode.DEBIT_BALANCE_CAP_EXCEEDED
         if (
             credit.balance_cap_minor is not None
             and credit.credits_posted + credit.credits_pending + amount - credit.debits_posted
@@ -424,7 +449,7 @@ def well_formed(command: TransferCommand) -> bool:
         or not _optional(command.debit_account_id, UUID)
         or not _optional(command.credit_account_id, UUID)
         or not _optional(command.pending_id, UUID)
-        or not _optional(command.currency, str)
+        or (command.currency is not None and not storable_text(command.currency, CURRENCY_LENGTH_MAX))
         or _amount_malformed(command)
         or (command.timeout_s is not None and type(command.timeout_s) is not int)
     ):
@@ -451,7 +476,9 @@ def _optional(value, kind: type) -> bool:
 
 
 def _amount_malformed(command: TransferCommand) -> bool:
-    return command.amount_minor is not None and type(command.amount_minor) is not int
+    """Not an int, or beyond what a BIGINT column holds (a refusal stores the amount as sent)."""
+    amount = command.amount_minor
+    return amount is not None and (type(amount) is not int or not -BIGINT_MAX - 1 <= amount <= BIGINT_MAX)
 
 
 def accounts_needed(commands: Iterable[TransferCommand], known: dict[UUID, Transfer]) -> set[UUID]:

@@ -36,6 +36,7 @@ class ResultCode(StrEnum):
     TRANSFER_CAP_EXCEEDED = "transfer_cap_exceeded"
     DAILY_DEBIT_CAP_EXCEEDED = "daily_debit_cap_exceeded"
     ANNUAL_DEBIT_CAP_EXCEEDED = "annual_debit_cap_exceeded"
+    DEBIT_BALANCE_CAP_EXCEEDED = "debit_balance_cap_exceeded"
     OVERFLOW = "overflow"
     # Two-phase transfers.
     PENDING_TRANSFER_NOT_FOUND = "pending_transfer_not_found"
@@ -51,6 +52,15 @@ class ResultCode(StrEnum):
         """True for the codes that the HTTP edge reports as ``limit_exceeded``."""
         return self in _LIMIT_CODES
 
+    @property
+    def is_remembered(self) -> bool:
+        """True for a refusal the ledger stores under the command's id (a business refusal that
+        depends on the ledger's state). Not remembered, as in TigerBeetle: success, a malformed
+        command (judged without the ledger's state), an id already taken, and a chain member that
+        failed only because another did, so the chain can be sent again with the failing member
+        replaced under a new id."""
+        return self not in _NOT_REMEMBERED
+
 
 _LIMIT_CODES = frozenset(
     {
@@ -58,6 +68,18 @@ _LIMIT_CODES = frozenset(
         ResultCode.TRANSFER_CAP_EXCEEDED,
         ResultCode.DAILY_DEBIT_CAP_EXCEEDED,
         ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED,
+        ResultCode.DEBIT_BALANCE_CAP_EXCEEDED,
+    }
+)
+_NOT_REMEMBERED = frozenset(
+    {
+        ResultCode.OK,
+        ResultCode.INVALID_AMOUNT,
+        ResultCode.INVALID_COMMAND,
+        ResultCode.ACCOUNTS_MUST_BE_DIFFERENT,
+        ResultCode.EXISTS_WITH_DIFFERENT_FIELDS,
+        ResultCode.LINKED_EVENT_FAILED,
+        ResultCode.LINKED_EVENT_CHAIN_OPEN,
     }
 )
 

@@ -8,7 +8,7 @@ the Unix epoch (UTC), which both databases store as BIGINT without any time-zone
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
+from enum import IntEnum, IntFlag, StrEnum
 from uuid import UUID
 
 from ledger.errors import AccountResultCode, ResultCode
@@ -46,27 +46,37 @@ class Limits:
     """Per-account caps in minor units; ``None`` means no cap.
 
     ``balance_cap_minor`` bounds credits minus debits, counting incoming pending credits.
-    The others bound money leaving the account (debits, pending or posted): per transfer, per
+    The next three bound money leaving the account (debits, pending or posted): per transfer, per
     calendar day and per calendar year, days and years counted in Asia/Shanghai time.
+    ``debit_balance_cap_minor`` is the overdraft cap: debits (posted and pending) less posted
+    credits may not pass it. On an institution's position account it is the net debit cap.
     """
 
     balance_cap_minor: int | None = None
     transfer_cap_minor: int | None = None
     daily_debit_cap_minor: int | None = None
     annual_debit_cap_minor: int | None = None
+    debit_balance_cap_minor: int | None = None
 
     def problems(self) -> list[str]:
         return [
             f"{name} must be None or an integer from 0 to 2**63 - 1"
-            for name in ("balance_cap_minor", "transfer_cap_minor", "daily_debit_cap_minor", "annual_debit_cap_minor")
+            for name in LIMIT_NAMES
             if (value := getattr(self, name)) is not None
             and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**63 - 1)
         ]
 
 
+LIMIT_NAMES = (
+    "balance_cap_minor", "transfer_cap_minor", "daily_debit_cap_minor", "annual_debit_cap_minor",
+    "debit_balance_cap_minor",
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class AccountSpec:
-    """What a caller asks for when opening an account. The id is the caller's (UUIDv7 advised)."""
+    """What a caller asks for when opening an account. The id is the caller's (UUIDv7 advised).
+    ``profile`` is an opaque label of the limit profile an upper layer applied (sealed, never read)."""
 
     id: UUID
     currency: str
@@ -74,6 +84,7 @@ class AccountSpec:
     owner_ref: str | None = None
     flags: AccountFlags = AccountFlags.NONE
     limits: Limits = field(default_factory=Limits)
+    profile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +118,74 @@ class Account:
     debits_day_minor: int
     debits_year_minor: int
     created_at_us: int
+    profile: str | None = None
+
+    @property
+    def settings(self) -> AccountSettings:
+        return AccountSettings(
+            self.currency, self.kind, self.owner_ref, self.profile, self.flags, self.status, self.limits
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AccountSettings:
+    """Everything about an account that is not a balance: what its events seal."""
+
+    currency: str
+    kind: str
+    owner_ref: str | None
+    profile: str | None
+    flags: AccountFlags
+    status: AccountStatus
+    limits: Limits
+
+    def as_row(self) -> dict[str, object]:
+        """The values of ``ledger.schema.ACCOUNT_SETTING_COLUMNS``, by name."""
+        return dict(
+            currency=self.currency, kind=self.kind, owner_ref=self.owner_ref, profile=self.profile,
+            flags=int(self.flags), status=int(self.status),
+            **{name: getattr(self.limits, name) for name in LIMIT_NAMES},
+        )  # fmt: skip
+
+    @classmethod
+    def from_row(cls, row) -> AccountSettings:
+        """From any row that has the setting columns by name (an account or an event)."""
+        return cls(
+            row.currency,
+            row.kind,
+            row.owner_ref,
+            row.profile,
+            AccountFlags(row.flags),
+            AccountStatus(row.status),
+            Limits(*(getattr(row, name) for name in LIMIT_NAMES)),
+        )
+
+
+class AccountEventKind(StrEnum):
+    OPENED = "opened"
+    STATUS = "status"  # frozen, unfrozen or closed
+    LIMITS = "limits"  # limits and profile (an e-CNY category change is one)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    """One sealed change of an account's settings: who, when, and the whole state after it.
+    ``version`` counts an account's events from 1; the previous version holds the old state."""
+
+    account_id: UUID
+    version: int
+    event: AccountEventKind
+    actor: str | None
+    at_us: int
+    settings: AccountSettings
+    block_sequence: int = 0
+
+    def changes(self, previous: AccountEvent | None) -> dict[str, tuple[object, object]]:
+        """Each setting this event changed, as (old, new); every setting for an opening."""
+        old = None if previous is None else previous.settings.as_row()
+        new = self.settings.as_row()
+        return {name: (None if old is None else old[name], value) for name, value in new.items()
+                if old is None or old[name] != value}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,9 +323,48 @@ class Transfer:
 
 
 @dataclass(slots=True)
+class Refusal:
+    """A command refused for a business reason, remembered under its id with its fields as sent.
+    It moved nothing. The same id with the same fields is answered with the same code, replayed."""
+
+    id: UUID
+    code: ResultCode
+    kind: TransferKind
+    debit_account_id: UUID | None
+    credit_account_id: UUID | None
+    amount_minor: int | None
+    currency: str | None
+    pending_id: UUID | None
+    timeout_s: int | None
+    linked: bool
+    user_data: str | None
+    created_at_us: int
+    block_sequence: int = 0
+
+    @classmethod
+    def of(cls, command: TransferCommand, code: ResultCode, at_us: int) -> Refusal:
+        return cls(
+            command.id, code, command.kind, command.debit_account_id, command.credit_account_id,
+            command.amount_minor, command.currency, command.pending_id, command.timeout_s, command.linked,
+            command.user_data, at_us,
+        )  # fmt: skip
+
+    def same_command(self, command: TransferCommand) -> bool:
+        """Whether ``command`` asks for exactly what the refused one did (a retry, not a reuse)."""
+        return (
+            command.kind is self.kind and command.debit_account_id == self.debit_account_id
+            and command.credit_account_id == self.credit_account_id and command.amount_minor == self.amount_minor
+            and command.currency == self.currency and command.pending_id == self.pending_id
+            and command.timeout_s == self.timeout_s and command.linked == self.linked
+            and command.user_data == self.user_data
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
 class TransferResult:
     """The outcome of one command. ``replayed`` is True when the id was already committed with
-    identical fields: nothing moved again and ``transfer`` is the original."""
+    identical fields: nothing moved again and ``transfer`` is the original; or when it was refused
+    before, and the code is that refusal's (``transfer`` is then None)."""
 
     code: ResultCode
     transfer: Transfer | None = None

@@ -46,6 +46,12 @@ accounts = sa.Table(
     sa.Column("transfer_cap_minor", sa.BigInteger, nullable=True),
     sa.Column("daily_debit_cap_minor", sa.BigInteger, nullable=True),
     sa.Column("annual_debit_cap_minor", sa.BigInteger, nullable=True),
+    # The overdraft cap: debits (posted and pending) less posted credits may not pass it. A net
+    # debit cap is this cap on an institution's position account.
+    sa.Column("debit_balance_cap_minor", sa.BigInteger, nullable=True),
+    # An opaque label for the limit profile an upper layer applied (an e-CNY category, an SVF
+    # profile); the core stores and seals it, and never reads it.
+    sa.Column("profile", sa.String(32), nullable=True),
     # Running debit totals for the daily and annual caps: the Asia/Shanghai day (proleptic
     # ordinal) and year they count, and the total so far. A debit on a later day starts afresh.
     sa.Column("debit_day", sa.Integer, nullable=False, server_default="0"),
@@ -107,6 +113,55 @@ transfers = sa.Table(
     ),
 )
 
+# Commands refused for a business reason, remembered under their id so that a late retry of the
+# same id is answered with the same refusal and can never turn into a payment. They move nothing,
+# appear in no balance or statement, and are sealed in the audit chain with the batch that refused
+# them (``block_sequence``). The command's fields are kept as sent (posts and voids may leave the
+# accounts out), to tell a retry from another command reusing the id.
+transfer_refusals = sa.Table(
+    "transfer_refusals",
+    metadata,
+    sa.Column("id", sa.Uuid, primary_key=True),
+    sa.Column("code", sa.String(40), nullable=False),
+    sa.Column("kind", sa.SmallInteger, nullable=False),
+    sa.Column("debit_account_id", sa.Uuid, nullable=True),
+    sa.Column("credit_account_id", sa.Uuid, nullable=True),
+    sa.Column("amount_minor", sa.BigInteger, nullable=True),
+    sa.Column("currency", sa.String(3), nullable=True),
+    sa.Column("pending_id", sa.Uuid, nullable=True),
+    sa.Column("timeout_s", sa.Integer, nullable=True),
+    sa.Column("linked", sa.Boolean, nullable=False),
+    sa.Column("user_data", sa.String(1024), nullable=True),
+    sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    sa.Column("block_sequence", sa.BigInteger, nullable=False, index=True),
+)
+
+# Every opening of an account and every change of its status, flags, limits or profile, with the
+# full state after it, sealed in the audit chain like transfers. ``audit verify`` checks each
+# account row against its newest event, so a cap raised behind the ledger's back is found.
+account_events = sa.Table(
+    "account_events",
+    metadata,
+    sa.Column("account_id", sa.Uuid, primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("event", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("owner_ref", sa.String(128), nullable=True),
+    sa.Column("profile", sa.String(32), nullable=True),
+    sa.Column("flags", sa.SmallInteger, nullable=False),
+    sa.Column("status", sa.SmallInteger, nullable=False),
+    sa.Column("balance_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("transfer_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("daily_debit_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("annual_debit_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("debit_balance_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("block_sequence", sa.BigInteger, nullable=False, index=True),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
 # Pending transfers that have a timeout and are not resolved yet: the expiry sweep's work list.
 # Rows leave when the transfer is posted, voided or expired, so it stays as small as the holds.
 pending_timeouts = sa.Table(
@@ -127,7 +182,13 @@ journal_blocks = sa.Table(
     sa.Column("first_transfer_seq", sa.BigInteger, nullable=False),
     sa.Column("transfer_count", sa.Integer, nullable=False),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
-    sa.CheckConstraint("transfer_count > 0", name="not_empty"),
+    sa.Column("refusal_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("event_count", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint(
+        "transfer_count >= 0 AND refusal_count >= 0 AND event_count >= 0 "
+        "AND transfer_count + refusal_count + event_count > 0",
+        name="not_empty",
+    ),
 )
 
 # The single row every batch locks last: the chain's tip and the last transfer seq. It is the
@@ -143,3 +204,31 @@ journal_head = sa.Table(
 )
 
 GENESIS_HASH = bytes(32)
+
+# The one list of each row's columns, in the order the batch path reads and writes them: the
+# stores build their SQL from these, and the in-memory types take their fields in this order (a
+# test holds ``AccountState``, ``Transfer`` and ``Refusal`` to them).
+ACCOUNT_STATE_COLUMNS = (
+    "id", "currency", "flags", "status", "debits_posted", "credits_posted", "debits_pending", "credits_pending",
+    "balance_cap_minor", "transfer_cap_minor", "daily_debit_cap_minor", "annual_debit_cap_minor",
+    "debit_balance_cap_minor", "debit_day", "debits_day_minor", "debit_year", "debits_year_minor",
+)  # fmt: skip
+# What a batch writes back to each account it touched, after its id.
+ACCOUNT_BALANCE_COLUMNS = (
+    "debits_posted", "credits_posted", "debits_pending", "credits_pending",
+    "debit_day", "debits_day_minor", "debit_year", "debits_year_minor",
+)  # fmt: skip
+TRANSFER_COLUMNS = (
+    "seq", "id", "kind", "debit_account_id", "credit_account_id", "amount_minor", "released_minor", "currency",
+    "pending_id", "timeout_s", "expires_at_us", "linked", "user_data", "created_at_us",
+)  # fmt: skip
+REFUSAL_COLUMNS = (
+    "id", "code", "kind", "debit_account_id", "credit_account_id", "amount_minor", "currency", "pending_id",
+    "timeout_s", "linked", "user_data", "created_at_us", "block_sequence",
+)  # fmt: skip
+# An account's settings as its events seal them (everything but balances and counters).
+ACCOUNT_SETTING_COLUMNS = (
+    "currency", "kind", "owner_ref", "profile", "flags", "status", "balance_cap_minor", "transfer_cap_minor",
+    "daily_debit_cap_minor", "annual_debit_cap_minor", "debit_balance_cap_minor",
+)  # fmt: skip
+ACCOUNT_EVENT_COLUMNS = ("account_id", "version", "event", "actor", "at_us", *ACCOUNT_SETTING_COLUMNS, "block_sequence")

@@ -23,44 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.audit import JournalBlock
 from ledger.engine import AccountState
-from ledger.errors import InvariantViolation
-from ledger.model import Transfer, TransferKind
-from ledger.schema import accounts
+from ledger.errors import InvariantViolation, ResultCode
+from ledger.model import Refusal, Transfer, TransferKind
+from ledger.schema import ACCOUNT_BALANCE_COLUMNS, ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS
 
-_ACCOUNT_STATE_COLUMNS = (
-    accounts.c.id,
-    accounts.c.currency,
-    accounts.c.flags,
-    accounts.c.status,
-    accounts.c.debits_posted,
-    accounts.c.credits_posted,
-    accounts.c.debits_pending,
-    accounts.c.credits_pending,
-    accounts.c.balance_cap_minor,
-    accounts.c.transfer_cap_minor,
-    accounts.c.daily_debit_cap_minor,
-    accounts.c.annual_debit_cap_minor,
-    accounts.c.debit_day,
-    accounts.c.debits_day_minor,
-    accounts.c.debit_year,
-    accounts.c.debits_year_minor,
-)
-_TRANSFER_COLUMNS = (
-    "seq",
-    "id",
-    "kind",
-    "debit_account_id",
-    "credit_account_id",
-    "amount_minor",
-    "released_minor",
-    "currency",
-    "pending_id",
-    "timeout_s",
-    "expires_at_us",
-    "linked",
-    "user_data",
-    "created_at_us",
-)
+# The refusal columns a batch writes: all but block_sequence, which the block gives.
+_REFUSAL_WRITE_COLUMNS = REFUSAL_COLUMNS[:-1]
+
 _RESOLUTION_KINDS = (int(TransferKind.POST_PENDING), int(TransferKind.VOID_PENDING), int(TransferKind.EXPIRE_PENDING))
 
 
@@ -102,10 +71,17 @@ class JournalHead:
     sequence: int
     hash: bytes
     last_transfer_seq: int
+    signature: bytes | None = None  # the newest block's, when read under the lock (None: no block yet)
+
+
+class IdClash(Exception):
+    """A transfer id of this batch was refused by a batch of another process meanwhile, or a
+    refused id of it stored as a transfer (the two never share account locks when the fields
+    differ). The batch is retried from scratch and then answers exists_with_different_fields."""
 
 
 def _transfer_from_record(record) -> Transfer:
-    """A transfer from a driver row in ``_TRANSFER_COLUMNS`` order."""
+    """A transfer from a driver row in ``TRANSFER_COLUMNS`` order."""
     (
         seq,
         id_,
@@ -150,7 +126,8 @@ class BatchStore:
     def transaction(self, engine: AsyncEngine):
         raise NotImplementedError
 
-    async def load_transfers(self, conn, ids: Iterable[UUID]) -> dict[UUID, Transfer]:
+    async def load_known(self, conn, ids: Iterable[UUID]) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
+        """The stored transfers and the remembered refusals among ``ids``, in one round trip."""
         raise NotImplementedError
 
     async def load_resolutions(self, conn, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
@@ -159,8 +136,11 @@ class BatchStore:
     async def lock_accounts(self, conn, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         raise NotImplementedError
 
-    async def write_batch(self, conn, batch: list[Transfer], touched: list[AccountState], block: JournalBlock) -> None:
-        """Store the batch's transfers, each touched account's new balances, and its journal block."""
+    async def write_batch(
+        self, conn, batch: list[Transfer], refusals: list[Refusal], touched: list[AccountState], block: JournalBlock
+    ) -> None:
+        """Store the batch's transfers and refusals, each touched account's new balances, and its
+        journal block, and move the head onto it."""
         raise NotImplementedError
 
     def classify(self, error: Exception) -> DatabaseFailure | None:
@@ -168,7 +148,7 @@ class BatchStore:
         raise NotImplementedError
 
     async def lock_head(self, conn) -> JournalHead:
-        """Read the journal head, locked until the batch commits."""
+        """Read the journal head and its block's signature, locked until the batch commits."""
         raise NotImplementedError
 
     async def update_timeouts(self, conn, batch: list[Transfer]) -> None:
@@ -185,6 +165,64 @@ class BatchStore:
         return added, resolved
 
 
+_POSTGRES_TYPES = {
+    "seq": "bigint", "id": "uuid", "kind": "smallint", "debit_account_id": "uuid", "credit_account_id": "uuid",
+    "amount_minor": "bigint", "released_minor": "bigint", "currency": "text", "pending_id": "uuid",
+    "timeout_s": "int", "expires_at_us": "bigint", "linked": "boolean", "user_data": "text",
+    "created_at_us": "bigint", "code": "text", "debits_posted": "bigint", "credits_posted": "bigint",
+    "debits_pending": "bigint", "credits_pending": "bigint", "debit_day": "int", "debits_day_minor": "bigint",
+    "debit_year": "int", "debits_year_minor": "bigint",
+}  # fmt: skip
+
+
+def _unnest(columns: tuple[str, ...], first_param: int) -> str:
+    return "unnest(" + ", ".join(
+        f"${first_param + offset}::text::{_POSTGRES_TYPES[column]}[]" for offset, column in enumerate(columns)
+    ) + ")"  # fmt: skip
+
+
+def _postgres_write_batch_sql(*, with_refusals: bool) -> str:
+    """All of a batch's writes in one statement, one round trip: the transfer rows, the refusals,
+    each touched account once, the journal block and the head. (COPY measured no faster than
+    unnest here, and could not share the round trip.)
+
+    The head moves only if every locked account was updated and no id of the batch is on the
+    other side meanwhile (a transfer id refused, or a refused id stored as a transfer, by a batch of
+    another process that held no common account lock). This statement runs after the head lock,
+    so under READ COMMITTED it sees every batch that held the head before: "UPDATE 0" then means
+    retry (``IdClash``) or a broken invariant."""
+    transfer_params = len(TRANSFER_COLUMNS)  # $1..$14
+    touched = ("id", *ACCOUNT_BALANCE_COLUMNS)  # $15..$23
+    block = transfer_params + len(touched) + 1  # $24 onwards: the block, then counts
+    refusal_params = block + 10  # $34 onwards
+    sql = (
+        f"WITH new_transfers AS (INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)}) "
+        f"SELECT * FROM {_unnest(TRANSFER_COLUMNS, 1)}), "
+        f"touched AS (UPDATE accounts SET {', '.join(f'{c} = v.{c}' for c in ACCOUNT_BALANCE_COLUMNS)} "
+        f"FROM {_unnest(touched, transfer_params + 1)} AS v({', '.join(touched)}) "
+        "WHERE accounts.id = v.id RETURNING 1), "
+    )
+    if with_refusals:
+        sql += (
+            f"new_refusals AS (INSERT INTO transfer_refusals ({', '.join(REFUSAL_COLUMNS)}) "
+            f"SELECT *, ${block} FROM {_unnest(_REFUSAL_WRITE_COLUMNS, refusal_params)}), "
+        )
+    sql += (
+        "block AS (INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, "
+        f"transfer_count, created_at_us, refusal_count) VALUES (${block}, ${block + 1}, ${block + 2}, "
+        f"${block + 3}, ${block + 4}, ${block + 5}, ${block + 6}, ${block + 9})) "
+        f"UPDATE journal_head SET sequence = ${block}, hash = ${block + 2}, last_transfer_seq = ${block + 7} "
+        f"WHERE id = 1 AND (SELECT count(*) FROM touched) = ${block + 8} "
+        "AND NOT EXISTS (SELECT 1 FROM transfer_refusals AS r JOIN unnest($2::text::uuid[]) AS k(id) ON r.id = k.id)"
+    )
+    if with_refusals:
+        sql += (
+            " AND NOT EXISTS (SELECT 1 FROM transfers AS t "
+            f"JOIN unnest(${refusal_params}::text::uuid[]) AS k(id) ON t.id = k.id)"
+        )
+    return sql
+
+
 class PostgresBatchStore(BatchStore):
     """Arrays instead of IN lists (one prepared statement whatever the batch size), and all of a
     batch's writes in one statement built on ``unnest``."""
@@ -199,9 +237,14 @@ class PostgresBatchStore(BatchStore):
     # The ids arrive as one text parameter and are joined through ``unnest``, never compared with
     # ``= ANY($1::text::uuid[])``: when the planner turns that into a filter, it parses the whole
     # array again for every row it looks at (measured: 10 s to lock 2,000 of 10,000 accounts).
+    # Transfers and remembered refusals of the same ids in one round trip: refusal rows come back
+    # in the transfer columns' shape with seq NULL, and their code in the last column.
     _load = (
-        f"SELECT {', '.join('t.' + column for column in _TRANSFER_COLUMNS)} FROM transfers AS t "
-        "JOIN unnest($1::text::uuid[]) AS k(id) ON t.id = k.id"
+        f"SELECT {', '.join('t.' + column for column in TRANSFER_COLUMNS)}, NULL::text FROM transfers AS t "
+        "JOIN unnest($1::text::uuid[]) AS k(id) ON t.id = k.id UNION ALL "
+        "SELECT NULL::bigint, r.id, r.kind, r.debit_account_id, r.credit_account_id, r.amount_minor, NULL::bigint, "
+        "r.currency, r.pending_id, r.timeout_s, NULL::bigint, r.linked, r.user_data, r.created_at_us, r.code "
+        "FROM transfer_refusals AS r JOIN unnest($1::text::uuid[]) AS k(id) ON r.id = k.id"
     )
     _resolutions = (
         "SELECT t.pending_id, t.kind FROM transfers AS t JOIN unnest($1::text::uuid[]) AS k(id) ON t.pending_id = k.id"
@@ -211,10 +254,15 @@ class PostgresBatchStore(BatchStore):
     # (Reaching the locked rows again by ctid saved 4% of a batch, but ctid is PostgreSQL's
     # alone, and DESIGN.md keeps the hot path's SQL portable to CockroachDB and YugabyteDB.)
     _lock = (
-        f"SELECT {', '.join('a.' + column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts AS a "
+        f"SELECT {', '.join('a.' + column for column in ACCOUNT_STATE_COLUMNS)} FROM accounts AS a "
         "JOIN unnest($1::text::uuid[]) AS k(id) ON a.id = k.id ORDER BY a.id FOR UPDATE OF a"
     )
-    _head = "SELECT sequence, hash, last_transfer_seq FROM journal_head WHERE id = 1 FOR UPDATE"
+    # The newest block's signature comes with the head, so that the signing-key check runs under
+    # the head lock at no extra round trip.
+    _head = (
+        "SELECT h.sequence, h.hash, h.last_transfer_seq, b.signature FROM journal_head AS h "
+        "LEFT JOIN journal_blocks AS b ON b.sequence = h.sequence WHERE h.id = 1 FOR UPDATE OF h"
+    )
     _add_timeouts = (
         "INSERT INTO pending_timeouts (transfer_id, expires_at_us) "
         "SELECT * FROM unnest($1::text::uuid[], $2::text::bigint[])"
@@ -222,24 +270,11 @@ class PostgresBatchStore(BatchStore):
     _drop_timeouts = (
         "DELETE FROM pending_timeouts AS p USING unnest($1::text::uuid[]) AS k(id) WHERE p.transfer_id = k.id"
     )
-    # All of a batch's writes in one statement, one round trip: the transfer rows, each touched
-    # account once, the journal block and the head. (COPY measured no faster than unnest here,
-    # and could not share the round trip.)
-    _write_batch = (
-        "WITH new_transfers AS (INSERT INTO transfers (" + ", ".join(_TRANSFER_COLUMNS) + ") "
-        "SELECT * FROM unnest($1::text::bigint[], $2::text::uuid[], $3::text::smallint[], $4::text::uuid[], "
-        "$5::text::uuid[], $6::text::bigint[], $7::text::bigint[], $8::text::text[], $9::text::uuid[], "
-        "$10::text::int[], $11::text::bigint[], $12::text::boolean[], $13::text::text[], $14::text::bigint[])), "
-        "touched AS (UPDATE accounts SET debits_posted = v.dp, credits_posted = v.cp, debits_pending = v.dpe, "
-        "credits_pending = v.cpe, debit_day = v.dd, debits_day_minor = v.ddm, debit_year = v.dy, "
-        "debits_year_minor = v.dym "
-        "FROM unnest($15::text::uuid[], $16::text::bigint[], $17::text::bigint[], $18::text::bigint[], "
-        "$19::text::bigint[], $20::text::int[], $21::text::bigint[], $22::text::int[], $23::text::bigint[]) "
-        "AS v(id, dp, cp, dpe, cpe, dd, ddm, dy, dym) WHERE accounts.id = v.id RETURNING 1), "
-        "block AS (INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, "
-        "transfer_count, created_at_us) VALUES ($24, $25, $26, $27, $28, $29, $30)) "
-        "UPDATE journal_head SET sequence = $24, hash = $26, last_transfer_seq = $31 "
-        "WHERE id = 1 AND (SELECT count(*) FROM touched) = $32"
+    _write_batch = _postgres_write_batch_sql(with_refusals=False)
+    _write_batch_with_refusals = _postgres_write_batch_sql(with_refusals=True)
+    _clash = (
+        "SELECT EXISTS (SELECT 1 FROM transfer_refusals AS r JOIN unnest($1::text::uuid[]) AS k(id) ON r.id = k.id) "
+        "OR EXISTS (SELECT 1 FROM transfers AS t JOIN unnest($2::text::uuid[]) AS k(id) ON t.id = k.id)"
     )
 
     @asynccontextmanager
@@ -269,8 +304,8 @@ class PostgresBatchStore(BatchStore):
                     ) from error
                 raise
 
-    async def load_transfers(self, driver, ids):
-        return {record[1]: _transfer_from_record(record) for record in await driver.fetch(self._load, _uuid_array(ids))}
+    async def load_known(self, driver, ids):
+        return _split_known(await driver.fetch(self._load, _uuid_array(ids)))
 
     async def load_resolutions(self, driver, pending_ids):
         return {
@@ -282,8 +317,8 @@ class PostgresBatchStore(BatchStore):
         return {record[0]: AccountState(*record) for record in await driver.fetch(self._lock, _uuid_array(ids))}
 
     async def lock_head(self, driver):
-        record = await driver.fetchrow(self._head)
-        return JournalHead(record[0], bytes(record[1]), record[2])
+        sequence, hash_, last_transfer_seq, signature = await driver.fetchrow(self._head)
+        return JournalHead(sequence, bytes(hash_), last_transfer_seq, None if signature is None else bytes(signature))
 
     async def update_timeouts(self, driver, batch):
         added, resolved = self._timeout_changes(batch)
@@ -294,9 +329,8 @@ class PostgresBatchStore(BatchStore):
         if resolved:
             await driver.execute(self._drop_timeouts, _uuid_array(resolved))
 
-    async def write_batch(self, driver, batch, touched, block):
-        status = await driver.execute(
-            self._write_batch,
+    async def write_batch(self, driver, batch, refusals, touched, block):
+        arguments = [
             _array_text([t.seq for t in batch]),
             _uuid_array([t.id for t in batch]),
             _array_text([int(t.kind) for t in batch]),
@@ -312,14 +346,7 @@ class PostgresBatchStore(BatchStore):
             _array_text_quoted([t.user_data for t in batch]),
             _array_text([t.created_at_us for t in batch]),
             _uuid_array([a.id for a in touched]),
-            _array_text([a.debits_posted for a in touched]),
-            _array_text([a.credits_posted for a in touched]),
-            _array_text([a.debits_pending for a in touched]),
-            _array_text([a.credits_pending for a in touched]),
-            _array_text([a.debit_day for a in touched]),
-            _array_text([a.debits_day_minor for a in touched]),
-            _array_text([a.debit_year for a in touched]),
-            _array_text([a.debits_year_minor for a in touched]),
+            *(_array_text([getattr(a, column) for a in touched]) for column in ACCOUNT_BALANCE_COLUMNS),
             block.sequence,
             block.prev_hash,
             block.hash,
@@ -329,8 +356,17 @@ class PostgresBatchStore(BatchStore):
             block.created_at_us,
             block.first_transfer_seq + block.transfer_count - 1,
             len(touched),
-        )
+            len(refusals),
+        ]
+        if refusals:
+            arguments += _refusal_arrays(refusals)
+        status = await driver.execute(self._write_batch_with_refusals if refusals else self._write_batch, *arguments)
         if status != "UPDATE 1":
+            clash = await driver.fetchval(
+                self._clash, _uuid_array([t.id for t in batch]), _uuid_array([r.id for r in refusals])
+            )
+            if clash:
+                raise IdClash("an id of this batch was stored on the other side (transfer / refusal) meanwhile")
             raise InvariantViolation(f"the batch's account updates did not reach all {len(touched)} locked accounts")
 
     def classify(self, error):
@@ -362,23 +398,29 @@ class SqliteBatchStore(BatchStore):
     as SQLAlchemy's Uuid type stores them on SQLite (32 hex digits; a round-trip test guards
     this) and travel to ``IN`` as one JSON array, so every statement's text stays the same."""
 
-    _lock = (
-        f"SELECT {', '.join(column.name for column in _ACCOUNT_STATE_COLUMNS)} FROM accounts "
+    _lock = f"SELECT {', '.join(ACCOUNT_STATE_COLUMNS)} FROM accounts WHERE id IN (SELECT value FROM json_each(?))"
+    _load = (
+        f"SELECT {', '.join(TRANSFER_COLUMNS)}, NULL FROM transfers WHERE id IN (SELECT value FROM json_each(?)) "
+        "UNION ALL SELECT NULL, id, kind, debit_account_id, credit_account_id, amount_minor, NULL, currency, "
+        "pending_id, timeout_s, NULL, linked, user_data, created_at_us, code FROM transfer_refusals "
         "WHERE id IN (SELECT value FROM json_each(?))"
     )
-    _load = f"SELECT {', '.join(_TRANSFER_COLUMNS)} FROM transfers WHERE id IN (SELECT value FROM json_each(?))"
     _resolutions = "SELECT pending_id, kind FROM transfers WHERE pending_id IN (SELECT value FROM json_each(?))"
-    _head = "SELECT sequence, hash, last_transfer_seq FROM journal_head WHERE id = 1"
+    _head = (
+        "SELECT h.sequence, h.hash, h.last_transfer_seq, b.signature FROM journal_head AS h "
+        "LEFT JOIN journal_blocks AS b ON b.sequence = h.sequence WHERE h.id = 1"
+    )
     _insert = (
-        f"INSERT INTO transfers ({', '.join(_TRANSFER_COLUMNS)}) VALUES ({', '.join('?' for _ in _TRANSFER_COLUMNS)})"
+        f"INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)}) VALUES ({', '.join('?' for _ in TRANSFER_COLUMNS)})"
     )
-    _update = (
-        "UPDATE accounts SET debits_posted = ?, credits_posted = ?, debits_pending = ?, credits_pending = ?, "
-        "debit_day = ?, debits_day_minor = ?, debit_year = ?, debits_year_minor = ? WHERE id = ?"
+    _insert_refusal = (
+        f"INSERT INTO transfer_refusals ({', '.join(REFUSAL_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in REFUSAL_COLUMNS)})"
     )
+    _update = f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in ACCOUNT_BALANCE_COLUMNS)} WHERE id = ?"
     _block = (
         "INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, transfer_count, "
-        "created_at_us) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "created_at_us, refusal_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     )
     _head_update = "UPDATE journal_head SET sequence = ?, hash = ?, last_transfer_seq = ? WHERE id = 1"
     _add_timeout = "INSERT INTO pending_timeouts (transfer_id, expires_at_us) VALUES (?, ?)"
@@ -403,9 +445,12 @@ class SqliteBatchStore(BatchStore):
                         await driver.execute("ROLLBACK")
                 raise
 
-    async def load_transfers(self, driver, ids):
-        rows = await driver.execute_fetchall(self._load, (_json_hex_array(ids),))
-        return {transfer.id: transfer for transfer in map(_transfer_from_sqlite, rows)}
+    async def load_known(self, driver, ids):
+        # SQLite holds no write lock of another process here (BEGIN IMMEDIATE is ours), so an id
+        # can never be a transfer and a refusal at once: the two sides need no guard.
+        ids_json = _json_hex_array(ids)
+        rows = await driver.execute_fetchall(self._load, (ids_json, ids_json))
+        return _split_known([_record_from_sqlite(row) for row in rows])
 
     async def load_resolutions(self, driver, pending_ids):
         rows = await driver.execute_fetchall(self._resolutions, (_json_hex_array(pending_ids),))
@@ -418,10 +463,12 @@ class SqliteBatchStore(BatchStore):
         return {by_hex[row[0]]: AccountState(by_hex[row[0]], *row[1:]) for row in rows}
 
     async def lock_head(self, driver):
-        [(sequence, hash_, last_transfer_seq)] = await driver.execute_fetchall(self._head)
-        return JournalHead(sequence, bytes(hash_), last_transfer_seq)
+        [(sequence, hash_, last_transfer_seq, signature)] = await driver.execute_fetchall(self._head)
+        return JournalHead(sequence, bytes(hash_), last_transfer_seq, None if signature is None else bytes(signature))
 
-    async def write_batch(self, driver, batch, touched, block):
+    async def write_batch(self, driver, batch, refusals, touched, block):
+        if refusals:
+            await driver.executemany(self._insert_refusal, [_refusal_to_sqlite(r, block.sequence) for r in refusals])
         await driver.executemany(
             self._insert,
             [
@@ -446,20 +493,7 @@ class SqliteBatchStore(BatchStore):
         )
         await driver.executemany(
             self._update,
-            [
-                (
-                    a.debits_posted,
-                    a.credits_posted,
-                    a.debits_pending,
-                    a.credits_pending,
-                    a.debit_day,
-                    a.debits_day_minor,
-                    a.debit_year,
-                    a.debits_year_minor,
-                    a.id.hex,
-                )
-                for a in touched
-            ],
+            [(*(getattr(a, column) for column in ACCOUNT_BALANCE_COLUMNS), a.id.hex) for a in touched],
         )
         await driver.execute(
             self._block,
@@ -471,6 +505,7 @@ class SqliteBatchStore(BatchStore):
                 block.first_transfer_seq,
                 block.transfer_count,
                 block.created_at_us,
+                len(refusals),
             ),
         )
         await driver.execute(
@@ -499,42 +534,68 @@ class SqliteBatchStore(BatchStore):
         )
 
 
-def _transfer_from_sqlite(row) -> Transfer:
-    """As ``_transfer_from_record``, from SQLite's forms: ids as 32 hex digits, ``linked`` as 0/1."""
-    (
-        seq,
-        id_,
-        kind,
-        debit_account_id,
-        credit_account_id,
-        amount_minor,
-        released_minor,
-        currency,
-        pending_id,
-        timeout_s,
-        expires_at_us,
-        linked,
-        user_data,
-        created_at_us,
-    ) = row
-    return _transfer_from_record(
-        (
-            seq,
-            UUID(hex=id_),
-            kind,
-            UUID(hex=debit_account_id),
-            UUID(hex=credit_account_id),
-            amount_minor,
-            released_minor,
-            currency,
-            None if pending_id is None else UUID(hex=pending_id),
-            timeout_s,
-            expires_at_us,
-            bool(linked),
-            user_data,
-            created_at_us,
-        )
-    )
+def _refusal_arrays(refusals: list[Refusal]) -> list[str]:
+    """The refusal columns as PostgreSQL array literals, in ``_REFUSAL_WRITE_COLUMNS`` order.
+    Fields are as sent, so the text ones are quoted (a refused currency may be anything)."""
+    return [
+        _uuid_array([r.id for r in refusals]),
+        _array_text([r.code.value for r in refusals]),
+        _array_text([int(r.kind) for r in refusals]),
+        _uuid_array_nullable([r.debit_account_id for r in refusals]),
+        _uuid_array_nullable([r.credit_account_id for r in refusals]),
+        _array_text_nullable([r.amount_minor for r in refusals]),
+        _array_text_quoted([r.currency for r in refusals]),
+        _uuid_array_nullable([r.pending_id for r in refusals]),
+        _array_text_nullable([r.timeout_s for r in refusals]),
+        _array_text(["t" if r.linked else "f" for r in refusals]),
+        _array_text_quoted([r.user_data for r in refusals]),
+        _array_text([r.created_at_us for r in refusals]),
+    ]
+
+
+def _split_known(records) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
+    """Rows of the load query, transfers and refusals apart (a refusal row has no seq)."""
+    known: dict[UUID, Transfer] = {}
+    refused: dict[UUID, Refusal] = {}
+    for record in records:
+        if record[0] is not None:
+            known[record[1]] = _transfer_from_record(record[:-1])
+        else:
+            refused[record[1]] = _refusal_from_record(record)
+    return known, refused
+
+
+def _refusal_from_record(record) -> Refusal:
+    """A refusal from a load-query row (transfer columns' shape, code last)."""
+    (_, id_, kind, debit_account_id, credit_account_id, amount_minor, _, currency, pending_id, timeout_s, _, linked,
+     user_data, created_at_us, code) = record  # fmt: skip
+    return Refusal(id_, ResultCode(code), TransferKind(kind), debit_account_id, credit_account_id, amount_minor,
+                   currency, pending_id, timeout_s, linked, user_data, created_at_us)  # fmt: skip
+
+
+def _record_from_sqlite(row) -> tuple:
+    """A load-query row in the forms asyncpg gives: ids as UUIDs (SQLite has 32 hex digits),
+    ``linked`` as a bool (SQLite has 0/1)."""
+    (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
+     timeout_s, expires_at_us, linked, user_data, created_at_us, code) = row  # fmt: skip
+    return (seq, UUID(hex=id_), kind, _uuid_or_none(debit_account_id), _uuid_or_none(credit_account_id),
+            amount_minor, released_minor, currency, _uuid_or_none(pending_id), timeout_s, expires_at_us,
+            bool(linked), user_data, created_at_us, code)  # fmt: skip
+
+
+def _refusal_to_sqlite(refusal: Refusal, block_sequence: int) -> tuple:
+    r = refusal
+    return (r.id.hex, r.code.value, int(r.kind), _hex_or_none(r.debit_account_id), _hex_or_none(r.credit_account_id),
+            r.amount_minor, r.currency, _hex_or_none(r.pending_id), r.timeout_s, int(r.linked), r.user_data,
+            r.created_at_us, block_sequence)  # fmt: skip
+
+
+def _uuid_or_none(value: str | None) -> UUID | None:
+    return None if value is None else UUID(hex=value)
+
+
+def _hex_or_none(value: UUID | None) -> str | None:
+    return None if value is None else value.hex
 
 
 def _json_hex_array(ids: Iterable[UUID]) -> str:

@@ -17,10 +17,29 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from ledger import AccountFlags, AccountSpec, Anchor, Ledger, LedgerKeyMismatch, TransferCommand
-from ledger.audit import BLOCK_DOMAIN, canonical_transfer_bytes, transfer_from_row
+from ledger.audit import (
+    BLOCK_DOMAIN,
+    canonical_event_bytes,
+    canonical_refusal_bytes,
+    canonical_transfer_bytes,
+    event_from_row,
+    event_order,
+    refusal_from_row,
+    refusal_order,
+    transfer_from_row,
+)
 from ledger.db import create_engine
 from ledger.ids import uuid7
-from ledger.schema import GENESIS_HASH, accounts, journal_blocks, journal_head, pending_timeouts, transfers
+from ledger.schema import (
+    GENESIS_HASH,
+    account_events,
+    accounts,
+    journal_blocks,
+    journal_head,
+    pending_timeouts,
+    transfer_refusals,
+    transfers,
+)
 
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 Posted, Pending, Post = TransferCommand.posted, TransferCommand.pending, TransferCommand.post
@@ -35,7 +54,8 @@ async def own_ledger(database_url, signing_key, clock) -> AsyncIterator[Ledger]:
 
 
 async def write_history(ledger: Ledger, clock) -> dict[str, UUID]:
-    """Four committed batches (blocks 1-4) of every kind of transfer, and one batch that fails whole."""
+    """Block 1 opens three accounts (their events); blocks 2-4 are batches of every kind of
+    transfer; block 5 seals the refusal of a batch that fails whole; block 6 is an expiry."""
     funding, wallet, merchant = uuid7(), uuid7(), uuid7()
     await ledger.create_accounts(
         [
@@ -79,6 +99,23 @@ async def block_holding(engine, transfer_seq: int) -> int:
         ).scalar_one()
 
 
+async def conn_rows(ledger: Ledger, table) -> list:
+    async with ledger.engine.connect() as conn:
+        return (await conn.execute(sa.select(table))).all()
+
+
+def sealed_sections(block, refusals, events) -> bytes:
+    """The documented tail of a block that seals refusals or account events (empty otherwise)."""
+    mine = sorted((r for r in refusals if r.block_sequence == block.sequence), key=refusal_order)
+    theirs = sorted((e for e in events if e.block_sequence == block.sequence), key=event_order)
+    if not mine and not theirs:
+        return b""
+    return (
+        b"REFUSALS" + len(mine).to_bytes(4, "big") + b"".join(map(canonical_refusal_bytes, mine))
+        + b"EVENTS" + len(theirs).to_bytes(4, "big") + b"".join(map(canonical_event_bytes, theirs))
+    )  # fmt: skip
+
+
 async def execute(engine, statement) -> int:
     async with engine.begin() as conn:
         return (await conn.execute(statement)).rowcount
@@ -91,10 +128,11 @@ async def test_verify_audit_of_sound_books_is_ok_and_counts_blocks_transfers_and
     await write_history(ledger, clock)
     report = await ledger.verify_audit()
     assert report.ok, report.problems
-    assert (report.blocks_checked, report.transfers_checked, report.accounts_checked) == (4, 8, 3)
+    assert (report.blocks_checked, report.transfers_checked, report.accounts_checked) == (6, 8, 3)
+    assert (report.events_checked, report.refusals_checked) == (3, 1)
     assert report.first_bad_block is None and report.first_bad_account is None
     head = await ledger.audit_head()
-    assert (head.sequence, head.last_transfer_seq, head.hash) == (4, 8, report.last_hash)
+    assert (head.sequence, head.last_transfer_seq, head.hash) == (6, 8, report.last_hash)
 
 
 async def test_verify_audit_of_an_empty_ledger_is_ok(ledger):
@@ -111,7 +149,7 @@ async def test_only_committed_batches_append_blocks(ledger, clock):
             .scalars()
             .all()
         )
-    assert counts == [1, 3, 3, 1]  # the all-failed batch wrote no block
+    assert counts == [0, 1, 3, 3, 0, 1]  # the account events, then the all-refused batch, hold no transfer
 
 
 async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_with_nacl(ledger, clock):
@@ -123,7 +161,9 @@ async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_wi
         stored = [
             transfer_from_row(row) for row in (await conn.execute(sa.select(transfers).order_by(transfers.c.seq))).all()
         ]
-    assert [block.sequence for block in blocks] == [1, 2, 3, 4]
+    assert [block.sequence for block in blocks] == [1, 2, 3, 4, 5, 6]
+    refusals = [refusal_from_row(row) for row in (await conn_rows(ledger, transfer_refusals))]
+    events = [event_from_row(row) for row in (await conn_rows(ledger, account_events))]
     previous = GENESIS_HASH
     for block in blocks:
         assert bytes(block.prev_hash) == previous
@@ -138,6 +178,7 @@ async def test_each_block_chains_the_previous_hash_and_its_signature_verifies_wi
             + len(batch).to_bytes(4, "big")
             + block.created_at_us.to_bytes(8, "big", signed=True)
             + b"".join(canonical_transfer_bytes(t) for t in batch)
+            + sealed_sections(block, refusals, events)
         ).digest()
         assert bytes(block.hash) == digest
         assert auditor_key.verify(bytes(block.hash), bytes(block.signature)) == bytes(block.hash)
@@ -184,7 +225,7 @@ def test_canonical_bytes_change_when_any_stored_field_changes():
 
 async def test_changing_one_stored_amount_is_reported_at_the_block_holding_it(own_ledger, clock):
     await write_history(own_ledger, clock)
-    target_seq = 6  # the linked 700 in block 3
+    target_seq = 6  # the linked 700 in block 4
     assert (
         await execute(
             own_ledger.engine,
@@ -194,9 +235,9 @@ async def test_changing_one_stored_amount_is_reported_at_the_block_holding_it(ow
     )
     report = await own_ledger.verify_audit()
     assert not report.ok
-    assert report.first_bad_block == await block_holding(own_ledger.engine, target_seq) == 3
-    assert report.blocks_checked == 2
-    assert any("block 3" in problem and "changed" in problem for problem in report.problems)
+    assert report.first_bad_block == await block_holding(own_ledger.engine, target_seq) == 4
+    assert report.blocks_checked == 3
+    assert any("block 4" in problem and "changed" in problem for problem in report.problems)
 
 
 async def test_changing_a_transfers_account_is_reported_at_its_block(own_ledger, clock):
@@ -209,7 +250,7 @@ async def test_changing_a_transfers_account_is_reported_at_its_block(own_ledger,
         == 1
     )
     report = await own_ledger.verify_audit()
-    assert (report.ok, report.first_bad_block) == (False, 1)
+    assert (report.ok, report.first_bad_block) == (False, 2)
 
 
 async def test_changing_an_account_balance_is_reported_naming_the_account(own_ledger, clock):
@@ -225,7 +266,7 @@ async def test_changing_an_account_balance_is_reported_naming_the_account(own_le
     report = await own_ledger.verify_audit()
     assert not report.ok
     assert report.first_bad_account == merchant
-    assert report.first_bad_block is None and report.blocks_checked == 4
+    assert report.first_bad_block is None and report.blocks_checked == 6
     assert any(str(merchant) in problem and "credits_posted" in problem for problem in report.problems)
 
 
@@ -253,18 +294,18 @@ async def test_deleting_a_journal_block_in_the_middle_is_reported(own_ledger, cl
 
 async def test_deleting_the_last_journal_block_is_reported(own_ledger, clock):
     await write_history(own_ledger, clock)
-    assert await execute(own_ledger.engine, journal_blocks.delete().where(journal_blocks.c.sequence == 4)) == 1
+    assert await execute(own_ledger.engine, journal_blocks.delete().where(journal_blocks.c.sequence == 6)) == 1
     report = await own_ledger.verify_audit()
     assert not report.ok
-    assert report.blocks_checked == 3
-    assert any("journal head says block 4" in problem for problem in report.problems)
+    assert report.blocks_checked == 5
+    assert any("journal head says block 6" in problem for problem in report.problems)
 
 
 async def test_deleting_a_transfer_is_reported_at_its_block(own_ledger, clock):
     await write_history(own_ledger, clock)
     assert await execute(own_ledger.engine, transfers.delete().where(transfers.c.seq == 3)) == 1
     report = await own_ledger.verify_audit()
-    assert (report.ok, report.first_bad_block) == (False, 2)
+    assert (report.ok, report.first_bad_block) == (False, 3)
 
 
 @pytest.mark.parametrize("seq", [9, 0, -5], ids=["after-the-last-block", "zero", "negative"])
@@ -373,15 +414,15 @@ async def test_newest_blocks_cut_off_pass_the_chain_check_but_not_an_anchor_reco
     earlier_balances = await own_ledger.get_accounts([funding, wallet])
     assert (await own_ledger.submit([Posted(uuid7(), funding, wallet, 9_000, "CNY")]))[0].ok
     anchor = await own_ledger.audit_anchor()
-    assert anchor == Anchor(2, (await own_ledger.audit_head()).hash)
+    assert anchor == Anchor(3, (await own_ledger.audit_head()).hash)  # block 1 opened the accounts
 
     await cut_back_to(own_ledger, earlier_head, earlier_balances)
 
     # Every remaining block is sound and signed: without an anchor the cut cannot be seen.
     assert (await own_ledger.verify_audit()).ok
     report = await own_ledger.verify_audit(anchors=[anchor])
-    assert not report.ok and report.blocks_checked == 1
-    assert any("block 2 was recorded outside the ledger" in problem for problem in report.problems)
+    assert not report.ok and report.blocks_checked == 2
+    assert any("block 3 was recorded outside the ledger" in problem for problem in report.problems)
 
 
 async def test_an_anchor_whose_hash_the_chain_does_not_hold_names_that_block(own_ledger, clock):
@@ -463,7 +504,8 @@ async def test_an_account_whose_currency_was_rewritten_is_reported(own_ledger):
     await execute(own_ledger.engine, accounts.update().where(accounts.c.id == ids["wallet"]).values(currency="HKD"))
     report = await own_ledger.verify_audit()
     assert not report.ok
-    assert any("holds HKD but its transfers moved CNY" in problem for problem in report.problems)
+    # Its sealed opening event says CNY; the transfers it holds say so too.
+    assert any("currency is 'HKD', sealed 'CNY'" in problem for problem in report.problems)
 
 
 async def test_a_due_row_deleted_for_an_open_hold_or_added_for_none_is_reported(own_ledger):
@@ -511,9 +553,9 @@ async def test_a_ledger_opened_with_another_key_refuses_to_write_onto_the_chain(
     ids = await open_hold(own_ledger, timeout_s=None)
     stranger = Ledger(create_engine(database_url), SigningKey.generate(), clock=clock)
     try:
-        with pytest.raises(LedgerKeyMismatch, match="did not sign block 1"):
+        with pytest.raises(LedgerKeyMismatch, match="did not sign block 2"):
             await stranger.submit([Posted(uuid7(), ids["wallet"], uuid7(), 1, "CNY")])
     finally:
         await stranger.close()
     report = await own_ledger.verify_audit()
-    assert report.ok and report.blocks_checked == 1
+    assert report.ok and report.blocks_checked == 2

@@ -45,6 +45,7 @@ def account(
     transfer_cap: int | None = None,
     daily_cap: int | None = None,
     annual_cap: int | None = None,
+    debit_balance_cap: int | None = None,
     debit_day: int = 0,
     debits_day: int = 0,
     debit_year: int = 0,
@@ -63,6 +64,7 @@ def account(
         transfer_cap,
         daily_cap,
         annual_cap,
+        debit_balance_cap,
         debit_day,
         debits_day,
         debit_year,
@@ -565,3 +567,39 @@ def test_a_lagging_clock_counts_into_the_newer_day_instead_of_reopening_yesterda
 def test_a_posted_command_without_accounts_is_an_invalid_command():
     results = engine().apply([TransferCommand(uuid7(), TransferKind.POSTED, None, None, 100, "CNY")])
     assert codes(results) == [ResultCode.INVALID_COMMAND]
+
+
+def test_the_in_memory_types_take_their_fields_in_the_schemas_one_column_order():
+    """The stores build rows and SQL from ledger.schema's column lists and construct these types
+    positionally from them: one order for all."""
+    import dataclasses
+
+    from ledger.model import Refusal
+    from ledger.schema import ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS, accounts, transfers
+
+    assert [f.name for f in dataclasses.fields(AccountState)][: len(ACCOUNT_STATE_COLUMNS)] == list(
+        ACCOUNT_STATE_COLUMNS
+    )
+    assert set(ACCOUNT_STATE_COLUMNS) <= set(accounts.c.keys())
+    assert [f.name for f in dataclasses.fields(Refusal)] == list(REFUSAL_COLUMNS)
+    assert set(TRANSFER_COLUMNS) == set(transfers.c.keys())
+    assert {f.name for f in dataclasses.fields(Transfer)} == set(TRANSFER_COLUMNS)
+
+
+def test_an_overdraft_cap_counts_pending_debits_and_posted_credits_only():
+    position = account(debit_balance_cap=100, credits_pending=1_000)
+    sink = account()
+    results = engine(position, sink).apply(
+        [
+            TransferCommand.pending(uuid7(), position.id, sink.id, 60, "CNY"),
+            TransferCommand.posted(uuid7(), position.id, sink.id, 41, "CNY"),  # 60 held + 41 > 100
+            TransferCommand.posted(uuid7(), position.id, sink.id, 40, "CNY"),  # exactly 100
+            TransferCommand.posted(uuid7(), sink.id, position.id, 30, "CNY"),  # a posted credit: 30 of room
+            TransferCommand.posted(uuid7(), position.id, sink.id, 31, "CNY"),
+            TransferCommand.posted(uuid7(), position.id, sink.id, 30, "CNY"),
+        ]
+    )
+    assert codes(results) == [
+        ResultCode.OK, ResultCode.DEBIT_BALANCE_CAP_EXCEEDED, ResultCode.OK, ResultCode.OK,
+        ResultCode.DEBIT_BALANCE_CAP_EXCEEDED, ResultCode.OK,
+    ]  # fmt: skip

@@ -147,6 +147,9 @@ class Model:
         self.transfers: dict[UUID, MTransfer] = {}
         self.resolutions: dict[UUID, TransferKind] = {}  # pending id -> how it was resolved
         self.expiries: dict[UUID, MTransfer] = {}  # pending id -> the expiry the sweep stored
+        # Refused ids, remembered with the command as sent and its code: a retry of the same
+        # command gets the same refusal, replayed; anything else under that id is a conflict.
+        self.refusals: dict[UUID, tuple[TransferCommand, ResultCode]] = {}
 
     # -- accounts ------------------------------------------------------------------------------
 
@@ -200,6 +203,8 @@ class Model:
             results: list[Outcome] = []
             for position, command in enumerate(chain):
                 outcome = self._apply(command)
+                if outcome.code is not ResultCode.OK:
+                    self._remember(command, outcome)
                 if outcome.code is not ResultCode.OK and saved is not None:
                     self.accounts, self.transfers, self.resolutions = saved
                     results = [Outcome(ResultCode.LINKED_EVENT_FAILED)] * len(chain)
@@ -255,11 +260,27 @@ class Model:
             ]
         )
 
+    # Refusals judged from the command alone, or caused by an id already taken: never remembered.
+    NOT_REMEMBERED = frozenset({
+        ResultCode.INVALID_AMOUNT, ResultCode.INVALID_COMMAND, ResultCode.ACCOUNTS_MUST_BE_DIFFERENT,
+        ResultCode.EXISTS_WITH_DIFFERENT_FIELDS,
+    })  # fmt: skip
+
+    def _remember(self, command: TransferCommand, outcome: Outcome) -> None:
+        """A refusal that depends on the ledger's state is kept under the command's id for good."""
+        if not outcome.replayed and outcome.code not in self.NOT_REMEMBERED:
+            self.refusals[command.id] = (command, outcome.code)
+
     def _apply(self, command: TransferCommand) -> Outcome:
         stored = self.transfers.get(command.id)
         if stored is not None:  # idempotency comes before every other rule
             if self._same_request(command, stored):
                 return Outcome(ResultCode.OK, True, stored.amount if stored.kind in (POSTED, PENDING, POST) else None)
+            return Outcome(ResultCode.EXISTS_WITH_DIFFERENT_FIELDS)
+        refused = self.refusals.get(command.id)
+        if refused is not None:  # then the remembered refusal: the very same command, or a conflict
+            if refused[0] == command:
+                return Outcome(refused[1], True)
             return Outcome(ResultCode.EXISTS_WITH_DIFFERENT_FIELDS)
         if command.kind in (POSTED, PENDING):
             return self._new(command)

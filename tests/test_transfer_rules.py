@@ -309,13 +309,15 @@ async def test_transfers_in_one_batch_are_checked_against_running_balances(ledge
     assert (await balances(ledger, books.wallet)).posted_minor == 0
 
 
-async def test_a_batch_where_every_transfer_fails_changes_nothing(ledger, books):
+async def test_a_batch_where_every_transfer_fails_moves_nothing_and_seals_only_its_refusals(ledger, books):
     head = await ledger.audit_head()
     results = await ledger.submit(
         [Posted(uuid7(), books.wallet, books.merchant, 10**6, "CNY"), Posted(uuid7(), books.wallet, uuid7(), 1, "CNY")]
     )
     assert codes(results) == [ResultCode.INSUFFICIENT_FUNDS, ResultCode.ACCOUNT_NOT_FOUND]
-    assert await ledger.audit_head() == head
+    after = await ledger.audit_head()
+    assert (after.sequence, after.last_transfer_seq) == (head.sequence + 1, head.last_transfer_seq)
+    assert (await ledger.newest_block()).refusal_count == 2
     assert await balances(ledger, books.wallet) == Balances(credits_posted=WALLET_FUNDS)
 
 
@@ -855,13 +857,13 @@ async def test_reusing_a_pending_transfers_id_for_its_post_is_exists_with_differ
     assert await ledger.pending_status(pending_id) is None
 
 
-async def test_a_refused_transfer_is_not_stored_so_its_id_succeeds_once_the_cause_is_fixed(ledger, books):
+async def test_a_refused_transfer_is_remembered_so_its_id_never_pays_even_once_the_cause_is_fixed(ledger, books):
     command = Posted(uuid7(), books.wallet, books.merchant, 1_500, "CNY")
     assert (await submit_one(ledger, command)).code is ResultCode.INSUFFICIENT_FUNDS
     await books.fund(books.wallet, 500)
     retry = await submit_one(ledger, command)
-    assert retry.ok and not retry.replayed
-    assert await balances(ledger, books.merchant) == Balances(credits_posted=1_500)
+    assert retry.code is ResultCode.INSUFFICIENT_FUNDS and retry.replayed
+    assert await balances(ledger, books.merchant) == Balances()
 
 
 # -- account status -----------------------------------------------------------------------------
