@@ -70,6 +70,7 @@ KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # absolute URL, can resolve @path and @query; a client that covers @authority must send it.
 PLACEHOLDER_ORIGIN = "http://localhost"
 _SIGNATURE_FIELDS = ("signature-input", "signature")
+_HOST_PATTERN = re.compile(r"[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 ResolveKeys = Callable[[str], Awaitable[Sequence[VerifyKey]]]
 
@@ -339,8 +340,11 @@ async def verify_aiohttp_request(
 ) -> VerifiedRequest:
     """``verify_request`` for an aiohttp request whose body the caller has already read (and size-limited)."""
     # raw_path is the target exactly as sent (path and raw query); aiohttp's decoded path would not match.
+    # The Host header gives @authority to clients that cover it; a malformed one is not used (the
+    # library would refuse the whole URL, and the API does not require @authority).
+    origin = f"{request.scheme}://{request.host}" if _HOST_PATTERN.fullmatch(request.host or "") else ""
     return await verify_request(
-        request.method, request.raw_path, request.headers.items(), body, resolve_keys=resolve_keys, now=now
+        request.method, origin + request.raw_path, request.headers.items(), body, resolve_keys=resolve_keys, now=now
     )
 
 

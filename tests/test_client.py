@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import shlex
 from decimal import Decimal
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from http_message_signatures import HTTPMessageSigner
+from http_message_signatures.algorithms import ED25519
 from nacl.signing import SigningKey, VerifyKey
 
 from service import sign
@@ -41,12 +45,15 @@ class Ledger:
         self.verify_key = verify_key
         self.received: list[tuple[str, str, bytes, dict[str, str]]] = []
         self.scripted: list[web.Response] = []
+        self.delays_s: list[float] = []
 
     async def resolve_keys(self, key_id: str) -> list[VerifyKey]:
         return [self.verify_key] if key_id == KEY_ID else []
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        if self.delays_s:
+            await asyncio.sleep(self.delays_s.pop(0))
         try:
             verified = await verify_aiohttp_request(request, body, resolve_keys=self.resolve_keys)
         except SignatureProblem as problem:
@@ -117,6 +124,29 @@ async def test_503_then_201_is_retried_with_the_same_bytes(ledger, signing_key):
     first, second = ledger.received
     assert first[2] == second[2] == encode_json_body(transfer)
     assert first[3]["Content-Digest"] == second[3]["Content-Digest"]
+
+
+async def test_timeout_is_retried_with_the_same_bytes(ledger, signing_key):
+    ledger.delays_s.append(1.0)
+    transfer = {"id": "0190a0b0-0000-7000-8000-000000000003"}
+    async with client_for(ledger, signing_key, timeout_s=0.2) as client:
+        result = await client.post("/v1/transfers", transfer)
+    assert result.status == 201
+    # The slow first attempt may or may not be recorded before the client gives up; every body is the same.
+    assert {body for _, _, body, _ in ledger.received} == {encode_json_body(transfer)}
+
+
+async def test_a_client_covering_authority_is_verified_with_the_host_header(ledger, signing_key):
+    # Another conforming client may also cover @authority; the server resolves it from the Host header.
+    url = ledger.base_url + "/v1/wallets/w-1"
+    message = SimpleNamespace(method="GET", url=url, headers={})
+    signer = HTTPMessageSigner(signature_algorithm=ED25519)
+    prepared = signer.prepare(
+        message, key_id=KEY_ID, label="sig1", covered_component_ids=("@method", "@path", "@authority")
+    )
+    signer.apply(message, prepared, signing_key.sign(prepared.signature_base).signature)
+    async with aiohttp.ClientSession() as session, session.get(url, headers=message.headers) as response:
+        assert response.status == 201
 
 
 async def test_retries_stop_at_retries_max_and_raise_server_error(ledger, signing_key):
