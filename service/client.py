@@ -1,0 +1,314 @@
+"""An async client for integrators: signs every request (RFC 9421, Ed25519), retries safely, raises typed errors.
+
+Retrying is safe because the body is serialised ONCE and the same bytes (with the same client-chosen ids)
+are sent on every attempt: the ledger answers a repeated id with the original result
+(``Idempotent-Replayed: true``), so a transfer is never made twice. Each attempt is signed afresh, so a
+retry after a long ``Retry-After`` still has a ``created`` inside the server's 300 s window.
+
+    async with LedgerClient("https://ledger.example", key_id="hk-alphapay", signing_key=key) as ledger:
+        result = await ledger.post("/v1/transfers", {"id": str(transfer_id), "amount": "128.50", ...})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json as json_module
+import random
+import shlex
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from nacl.signing import SigningKey
+from yarl import URL
+
+from service.auth import sign_request
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+RETRIES_MAX_DEFAULT = 3
+TIMEOUT_S_DEFAULT = 10.0
+BACKOFF_BASE_S = 0.2
+BACKOFF_MAX_S = 5.0
+# A server asking for a longer pause than this is treated as down for now: the caller decides what next.
+RETRY_AFTER_MAX_S = 30.0
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+
+class LedgerApiError(Exception):
+    """The ledger answered with an RFC 9457 problem (or an error status); ``code`` is its stable code."""
+
+    def __init__(self, status: int, code: str, detail: str, problem: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.problem = problem or {}
+
+
+class AuthenticationError(LedgerApiError):
+    """The request's signature or Content-Digest was refused: check the key id, key, clock and body bytes."""
+
+
+class ForbiddenError(LedgerApiError):
+    """The signer may not act on this resource (another institution's wallet, an operator-only route)."""
+
+
+class NotFoundError(LedgerApiError):
+    """No such resource, or not one the signer may see."""
+
+
+class ConflictError(LedgerApiError):
+    """The id was already used with a different body: choose a new id or resend the original body."""
+
+
+class RefusedError(LedgerApiError):
+    """A valid request the ledger refused by its rules (funds, limits, wallet state, caps, quotes, windows)."""
+
+
+class ValidationError(LedgerApiError):
+    """The request was malformed; ``problem["errors"]`` lists the fields when the server says which."""
+
+
+class ServerError(LedgerApiError):
+    """The ledger failed (5xx), after the retries that were safe to make."""
+
+
+class LedgerConnectionError(LedgerApiError):
+    """No answer at all (connection refused or reset, timeout) after every retry; status is 0."""
+
+
+ERROR_CLASS_BY_CODE: dict[str, type[LedgerApiError]] = {
+    **dict.fromkeys(
+        ["signature_missing", "signature_invalid", "signature_expired", "unknown_key", "content_digest_mismatch"],
+        AuthenticationError,
+    ),
+    "forbidden": ForbiddenError,
+    **dict.fromkeys(["not_found", "pending_transfer_not_found"], NotFoundError),
+    "exists_with_different_fields": ConflictError,
+    **dict.fromkeys(
+        [
+            "insufficient_funds",
+            "limit_exceeded",
+            "currency_mismatch",
+            "wallet_frozen",
+            "wallet_closed",
+            "wallet_not_empty",
+            "pending_transfer_already_resolved",
+            "pending_transfer_expired",
+            "quote_expired",
+            "quote_already_used",
+            "net_debit_cap_exceeded",
+            "window_not_open",
+            "batch_not_settleable",
+        ],
+        RefusedError,
+    ),
+    **dict.fromkeys(["invalid_request", "invalid_amount", "payload_too_large"], ValidationError),
+}
+
+
+def error_from_problem(status: int, problem: dict[str, Any] | None, text: str = "") -> LedgerApiError:
+    """The typed error for an error answer: by its stable code, else by its status."""
+    problem = problem or {}
+    code = problem.get("code") if isinstance(problem.get("code"), str) else f"http_{status}"
+    detail = problem.get("detail") if isinstance(problem.get("detail"), str) else (text[:500] or str(status))
+    error_class = ERROR_CLASS_BY_CODE.get(code, ServerError if status >= 500 else LedgerApiError)
+    return error_class(status, code, detail, problem)
+
+
+# --- results -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LedgerResponse:
+    """A successful answer: ``data`` is the parsed JSON (None when the answer is not JSON), ``content`` the bytes."""
+
+    status: int
+    headers: Mapping[str, str]
+    data: Any
+    content: bytes
+
+    @property
+    def replayed(self) -> bool:
+        """True when the ledger answered a repeated id with the original result instead of acting again."""
+        return self.headers.get("Idempotent-Replayed", "").strip().lower() == "true"
+
+
+# --- the client ----------------------------------------------------------------------------------------
+
+
+class LedgerClient:
+    """Signed, retrying access to the ledger's /v1 API. Use as ``async with``, or call ``close()``."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        key_id: str,
+        signing_key: SigningKey,
+        session: aiohttp.ClientSession | None = None,
+        retries_max: int = RETRIES_MAX_DEFAULT,
+        timeout_s: float = TIMEOUT_S_DEFAULT,
+        backoff_base_s: float = BACKOFF_BASE_S,
+    ) -> None:
+        if retries_max < 0:
+            raise ValueError("retries_max must be 0 or more")
+        self.base_url = base_url.rstrip("/")
+        self.key_id = key_id
+        self._signing_key = signing_key
+        self._session = session
+        self._owns_session = session is None
+        self.retries_max = retries_max
+        self.timeout_s = timeout_s
+        self.backoff_base_s = backoff_base_s
+
+    async def __aenter__(self) -> LedgerClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        # A session the caller passed in is theirs to close.
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, path: str, params: Mapping[str, Any] | None = None) -> LedgerResponse:
+        return await self.request("GET", path, params=params)
+
+    async def post(self, path: str, json: Any = None, params: Mapping[str, Any] | None = None) -> LedgerResponse:
+        return await self.request("POST", path, json=json, params=params)
+
+    async def request(
+        self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
+    ) -> LedgerResponse:
+        """Send a signed request; retry connection errors, timeouts and 502/503/504 with the same bytes.
+
+        Raises a ``LedgerApiError`` subclass for an error answer, ``LedgerConnectionError`` when the
+        ledger never answered.
+        """
+        method = method.upper()
+        body = encode_json_body(json) if json is not None else None
+        url = self.base_url + request_target(path, params)
+        for attempt in range(self.retries_max + 1):
+            is_last_attempt = attempt == self.retries_max
+            try:
+                status, headers, content = await self._send_once(method, url, body)
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as error:
+                if is_last_attempt:
+                    raise LedgerConnectionError(0, "connection_failed", f"{method} {url}: {error!r}") from error
+                await asyncio.sleep(self._backoff_s(attempt))
+                continue
+            if status in RETRY_STATUSES and not is_last_attempt:
+                await asyncio.sleep(retry_after_s(headers) or self._backoff_s(attempt))
+                continue
+            return response_or_error(status, headers, content)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _send_once(self, method: str, url: str, body: bytes | None) -> tuple[int, Mapping[str, str], bytes]:
+        headers = {"Accept": "application/json, application/problem+json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        # Signed per attempt: a fresh created for each, over the same body bytes.
+        headers |= sign_request(method, url, body, key_id=self.key_id, signing_key=self._signing_key)
+        timeout = aiohttp.ClientTimeout(total=self.timeout_s)
+        # encoded=True: send the target exactly as signed; yarl would otherwise re-quote it.
+        async with self._session_or_new().request(
+            method, URL(url, encoded=True), data=body, headers=headers, timeout=timeout
+        ) as response:
+            return response.status, response.headers, await response.read()
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def _backoff_s(self, attempt: int) -> float:
+        # Full jitter, so that many clients retrying after one outage do not return in step.
+        return random.uniform(0, min(BACKOFF_MAX_S, self.backoff_base_s * 2**attempt))
+
+
+def encode_json_body(payload: Any) -> bytes:
+    """Compact UTF-8 JSON; Decimals become decimal strings, and floats are refused (money is never a float)."""
+    _refuse_floats(payload)
+    return json_module.dumps(
+        payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_decimal_as_string
+    ).encode("utf-8")
+
+
+def _refuse_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise TypeError(f'{value!r} is a float: send amounts and rates as decimal strings ("128.50")')
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _refuse_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_floats(item)
+
+
+def _decimal_as_string(value: Any) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        return format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def request_target(path: str, params: Mapping[str, Any] | None) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"path must start with '/': {path!r}")
+    if not params:
+        return path
+    return path + ("&" if "?" in path else "?") + urllib.parse.urlencode(params, doseq=True)
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or an HTTP date), capped; None if absent or unreadable."""
+    value = headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_MAX_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max(when.timestamp() - time.time(), 0.0), RETRY_AFTER_MAX_S)
+
+
+def response_or_error(status: int, headers: Mapping[str, str], content: bytes) -> LedgerResponse:
+    data = _json_or_none(headers, content)
+    if status >= 400:
+        problem = data if isinstance(data, dict) else None
+        raise error_from_problem(status, problem, content.decode("utf-8", errors="replace"))
+    return LedgerResponse(status, headers, data, content)
+
+
+def _json_or_none(headers: Mapping[str, str], content: bytes) -> Any:
+    content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if not content or content_type not in ("application/json", "application/problem+json"):
+        return None
+    try:
+        return json_module.loads(content)
+    except ValueError:
+        return None
+
+
+# --- signing for curl ----------------------------------------------------------------------------------
+
+
+def signed_curl_headers(
+    method: str, url: str, body: bytes | None, *, key_id: str, signing_key: SigningKey
+) -> list[str]:
+    """``-H`` arguments (shell-quoted) that sign a curl request; valid for 300 s from now."""
+    headers = sign_request(method, url, body, key_id=key_id, signing_key=signing_key)
+    if body:
+        headers = {"Content-Type": "application/json", **headers}
+    return [f"-H {shlex.quote(f'{name}: {value}')}" for name, value in headers.items()]
