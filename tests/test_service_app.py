@@ -21,6 +21,7 @@ from ledger import AccountFlags, AccountSpec, Batcher, Ledger, TransferCommand
 from ledger.db import create_engine
 from ledger.errors import LedgerOutcomeUnknown, LedgerOverloaded, LedgerShuttingDown, LedgerUnavailable
 from ledger.ids import uuid7
+from ledger.keys import write_signing_key
 from ledger.money import DEFAULT_CURRENCIES, parse_amount
 from service.app import create_app
 from service.config import Settings
@@ -437,3 +438,26 @@ async def test_docs_are_served_offline(client):
         served = await client.get(f"/docs/static/{asset}")
         assert served.status == 200 and len(await served.read()) > 1000
     await assert_problem(await client.get("/docs/static/../../etc/passwd"), 404, "not_found")
+
+
+# -- resources the factory opens itself -------------------------------------------------------
+
+
+async def test_the_factory_opens_and_closes_its_own_ledger_and_batcher(tmp_path, database_url, signing_key):
+    write_signing_key(tmp_path / "ledger-signing.key", signing_key)
+    app = create_app(Settings(tmp_path, database_url), authenticator=fake_authenticator)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        assert (await client.get("/readyz")).status == 200
+        batcher = app[BATCHER_KEY]
+        assert batcher.alive and batcher.on_batch is not None
+    finally:
+        await client.close()
+    assert batcher.closing and not batcher.alive
+
+
+async def test_the_factory_refuses_to_start_without_a_signing_key(tmp_path):
+    app = create_app(Settings(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'ledger.db'}"))
+    with pytest.raises(RuntimeError, match="ledger init"):
+        await TestServer(app).start_server()
