@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
 from ledger.errors import (
@@ -61,6 +61,7 @@ class Batcher:
         queue_depth_max: int = QUEUE_DEPTH_MAX_DEFAULT,
         expiry_interval_s: float | None = EXPIRY_INTERVAL_S_DEFAULT,
         writers: int | None = None,
+        on_batch: Callable[[int], None] | None = None,
     ) -> None:
         if writers is None:
             # One writer: measured on PostgreSQL, two writers splitting the queue cost more per
@@ -91,6 +92,8 @@ class Batcher:
         self._taken: dict[int, list[_Item]] = {}  # each busy writer's batch, until it is answered
         self.batches_committed = 0
         self.batch_sizes_max_seen = 0
+        # Called with each committed batch's size (metrics); must be quick and must not raise.
+        self.on_batch = on_batch
 
     async def __aenter__(self) -> Batcher:
         self.start()
@@ -279,6 +282,11 @@ class Batcher:
             return
         self.batches_committed += 1
         self.batch_sizes_max_seen = max(self.batch_sizes_max_seen, len(commands))
+        if self.on_batch is not None:
+            try:
+                self.on_batch(len(commands))
+            except Exception:  # an observer's bug must not stop the writer or fail a committed batch
+                log.exception("on_batch callback failed")
         start = 0
         for item in items:
             end = start + len(item.commands)

@@ -1,0 +1,120 @@
+"""The one factory of the HTTP application; ``ledger serve`` runs it and the tests build with it.
+
+Resources live in cleanup contexts and typed ``web.AppKey``s (``service.keys``), never in globals:
+the ledger (its engine is disposed on shutdown) and the batcher (closed on shutdown, which
+finishes every queued batch first). A resource passed in by the caller is the caller's to close;
+the app closes only what it made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from importlib import metadata
+
+from aiohttp import web
+
+from ledger import Batcher, Ledger
+from ledger.db import create_engine
+from ledger.keys import read_signing_key
+from service.config import Settings
+from service.handlers import BODY_SIZE_MAX_BYTES_DEFAULT
+from service.keys import (
+    AUTHENTICATOR_KEY,
+    BATCHER_KEY,
+    BODY_SIZE_MAX_KEY,
+    LEDGER_KEY,
+    METRICS_KEY,
+    SETTINGS_KEY,
+    Authenticator,
+    VerifiedCaller,
+)
+from service.metrics import ServiceMetrics
+from service.middlewares import MIDDLEWARES
+from service.openapi import RouteTable, add_docs_routes, add_routes, build_openapi
+from service.problems import ProblemError
+from service.routes import ROUTE_TABLES
+
+API_TITLE = "Shenzhen–Hong Kong payment ledger"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    ledger: Ledger | None = None,
+    batcher: Batcher | None = None,
+    authenticator: Authenticator | None = None,
+    route_tables: Sequence[RouteTable] = (),
+    body_size_max_bytes: int = BODY_SIZE_MAX_BYTES_DEFAULT,
+) -> web.Application:
+    """Build the application.
+
+    ``ledger``/``batcher``: use these instead of opening the settings' database (the caller closes
+    them). ``authenticator`` verifies every ``/v1/`` request; without one, every ``/v1/`` request
+    is refused (503 ``unavailable``): a server that cannot check signatures must not move money.
+    ``route_tables`` are mounted after the service's own (``service.routes.ROUTE_TABLES``).
+    """
+    if body_size_max_bytes < 1:
+        raise ValueError("body_size_max_bytes must be positive")
+    # client_max_size bounds aiohttp's own request.read()/json()/post() too, should a handler use them.
+    app = web.Application(middlewares=MIDDLEWARES, client_max_size=body_size_max_bytes)
+    app[SETTINGS_KEY] = settings
+    app[BODY_SIZE_MAX_KEY] = body_size_max_bytes
+    app[AUTHENTICATOR_KEY] = authenticator if authenticator is not None else refuse_unauthenticated
+    metrics = ServiceMetrics(lambda: app.get(BATCHER_KEY))
+    app[METRICS_KEY] = metrics
+    app.cleanup_ctx.append(_ledger_context(settings, ledger))
+    app.cleanup_ctx.append(_batcher_context(batcher, metrics))
+    specs = [spec for table in (*ROUTE_TABLES, *route_tables) for spec in table.specs]
+    add_routes(app, specs)
+    add_docs_routes(app, build_openapi(specs, title=API_TITLE, version=_version()))
+    return app
+
+
+async def refuse_unauthenticated(_request: web.Request, _body: bytes) -> VerifiedCaller:
+    """The authenticator of an app built without one: fail closed."""
+    raise ProblemError("unavailable", "this server has no request authenticator configured", 503)
+
+
+def _ledger_context(settings: Settings, injected: Ledger | None):
+    async def ledger_context(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            app[LEDGER_KEY] = injected
+            yield
+            return
+        if not settings.signing_key_path.exists():
+            raise RuntimeError(f"no ledger signing key at {settings.signing_key_path}: run `ledger init` first")
+        ledger = Ledger(create_engine(settings.database_url), read_signing_key(settings.signing_key_path))
+        app[LEDGER_KEY] = ledger
+        try:
+            yield
+        finally:
+            await ledger.close()  # disposes the engine's pool
+
+    return ledger_context
+
+
+def _batcher_context(injected: Batcher | None, metrics: ServiceMetrics):
+    async def batcher_context(app: web.Application) -> AsyncIterator[None]:
+        if injected is not None:
+            if injected.on_batch is None:  # so the batch-size histogram sees its batches too
+                injected.on_batch = metrics.observe_batch
+            app[BATCHER_KEY] = injected
+            yield
+            return
+        batcher = Batcher(app[LEDGER_KEY], on_batch=metrics.observe_batch)
+        batcher.start()
+        app[BATCHER_KEY] = batcher
+        try:
+            yield
+        finally:
+            # Refuses new work and commits everything already queued before the engine goes.
+            await batcher.close()
+
+    return batcher_context
+
+
+def _version() -> str:
+    try:
+        return metadata.version("sz-hk-ledger")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+source"

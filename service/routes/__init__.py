@@ -1,0 +1,9 @@
+"""Route modules, one per resource, each with its own ``RouteTable``. ``create_app`` mounts every
+table listed in ``ROUTE_TABLES``; a new resource module adds its table here."""
+
+from __future__ import annotations
+
+from service.openapi import RouteTable
+from service.routes import operations
+
+ROUTE_TABLES: tuple[RouteTable, ...] = (operations.routes,)
