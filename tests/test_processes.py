@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import random
 import signal
 import subprocess
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import sqlalchemy as sa
@@ -277,6 +279,30 @@ async def test_sigkill_mid_stream_then_restart_keeps_every_ack_exactly_once_and_
     assert after == {**stored, **{i: intended_before_kill[i] for i in in_flight}}
     await assert_balances_equal(verifier, after)
     await assert_no_half_batch(verifier)
+
+
+@pytest.mark.parametrize("kill_after_acks", [50, 200, 400])
+async def test_sigkill_at_any_point_leaves_each_payment_with_its_obligation_or_neither(setup, backend, kill_after_acks):
+    """Settlement records a payment's obligation in the same linked chain as the payment; a
+    process killed anywhere must leave both transfers of a chain stored, or neither."""
+    verifier, start = setup
+    writer = start("chains", "--payment-chains", "--duration", "60", "--tasks", "16")
+    await writer.wait_for_acks(kill_after_acks)
+    await asyncio.sleep(random.uniform(0, 0.2))
+    writer.process.send_signal(signal.SIGKILL)
+    assert await writer.wait_exit() == -signal.SIGKILL
+
+    async with verifier.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(transfers.c.id, transfers.c.user_data))).all()
+    payments = {row.id for row in rows if row.user_data == "payment"}
+    obligations = {UUID(row.user_data.split(":", 1)[1]) for row in rows if row.user_data.startswith("obligation:")}
+    assert payments == obligations, "a payment without its obligation, or an obligation without its payment"
+    acked = as_map(writer.acks())
+    assert set(acked) <= {row.id for row in rows}
+    intended = as_map(writer.intents())
+    assert len(intended) > len(acked), "the kill cut nothing off"
+    await assert_no_half_batch(verifier)
+    await assert_invariants(verifier)
 
 
 async def test_sigterm_drains_in_flight_work_refuses_new_work_and_exits_zero(setup, backend):

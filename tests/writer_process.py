@@ -20,6 +20,10 @@ SIGTERM: ``Batcher.close()`` at once, which refuses new work and drains what is 
 writes the acks of what was drained, and its next hand-in is refused (``LedgerShuttingDown``, counted
 as ``refused_shutting_down``), after which it stops; then the process exits 0.
 
+``--payment-chains``: each task hands in a linked pair instead of one transfer, as settlement will:
+a payment (user_data ``payment``) and the obligation it creates between two other accounts
+(user_data ``obligation:<payment id>``); both lines are written together, before and after.
+
 The run is bounded by ``--count`` (transfers attempted) and ``--duration`` (seconds). On exit a JSON
 summary goes to stdout as the last line. The exit code is
 0 when every answered transfer was ``ok``, 3 otherwise.
@@ -136,14 +140,14 @@ class Writer:
         batcher = self.batcher
         assert batcher is not None
         while self._claim():
-            debit, credit = rng.sample(self.accounts, 2)
-            command = TransferCommand.posted(uuid7(), debit, credit, rng.randint(1, AMOUNT_MAX_MINOR), "CNY")
-            line = f"{command.id} {debit} {credit} {command.amount_minor}\n"
+            commands = self._payment_chain(rng) if self.args.payment_chains else [self._transfer(rng)]
+            line = "".join(f"{c.id} {c.debit_account_id} {c.credit_account_id} {c.amount_minor}\n" for c in commands)
             self.intents.write(line)
             attempts = 0
             while True:
                 try:
-                    result = await batcher.submit(command)
+                    results = await batcher.submit_many(commands)
+                    result = next((r for r in results if not r.ok), results[-1])
                     break
                 except LedgerShuttingDown:
                     self.refused_shutting_down += 1
@@ -164,7 +168,19 @@ class Writer:
                 if self.term_received:
                     self.acked_after_term += 1
             else:
-                self.failed.append(f"{command.id}: {result.code}")
+                self.failed.append(f"{commands[0].id}: {result.code}")
+
+    def _transfer(self, rng: random.Random) -> TransferCommand:
+        debit, credit = rng.sample(self.accounts, 2)
+        return TransferCommand.posted(uuid7(), debit, credit, rng.randint(1, AMOUNT_MAX_MINOR), "CNY")
+
+    def _payment_chain(self, rng: random.Random) -> list[TransferCommand]:
+        """A payment and its obligation, all or nothing (one linked chain through the batcher)."""
+        payer, merchant, owes, owed = rng.sample(self.accounts, 4)
+        amount = rng.randint(1, AMOUNT_MAX_MINOR)
+        payment = TransferCommand.posted(uuid7(), payer, merchant, amount, "CNY", linked=True, user_data="payment")
+        obligation = TransferCommand.posted(uuid7(), owes, owed, amount, "CNY", user_data=f"obligation:{payment.id}")
+        return [payment, obligation]
 
     async def run(self) -> int:
         args = self.args
@@ -226,6 +242,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-wait-ms", type=float, default=1.0)
     parser.add_argument("--queue-depth-max", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--payment-chains", action="store_true", help="hand in linked payment/obligation pairs")
     parser.add_argument(
         "--fsync",
         action=argparse.BooleanOptionalAction,
