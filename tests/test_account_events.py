@@ -111,7 +111,7 @@ async def test_a_setting_changed_behind_the_ledgers_back_is_found_and_named(own_
 
 
 async def test_a_cleared_no_overdraft_flag_and_an_overdraft_no_longer_verify_clean(own_ledger):
-    funding, wallet = await open_wallet(own_ledger)
+    _, wallet = await open_wallet(own_ledger)
     merchant = uuid7()
     await own_ledger.create_accounts([AccountSpec(merchant, "CNY", "merchant")])
     async with own_ledger.engine.begin() as conn:
