@@ -78,6 +78,7 @@ async def init(settings: Settings, console: Console) -> int:
 
 
 async def migrate_only(settings: Settings, console: Console) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # as `init`: the default SQLite file lives in it
     engine = create_engine(settings.database_url)
     try:
         await migrate(engine)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,13 +40,29 @@ def with_database(url: str, name: str) -> str:
 
 
 class PostgresDatabases:
-    """Creates a migrated template once, then one database per test from it."""
+    """Creates a migrated template once, then one database per test from it.
+
+    ``CREATE DATABASE`` and ``DROP DATABASE`` cost about a tenth of a second each, most of it the
+    server waiting on its disk, and used to be the larger part of every PostgreSQL test's time. So a
+    background thread, with an event loop of its own, keeps ``READY_AHEAD`` fresh copies of the
+    template made ahead while the tests run, and drops each used database after its test has ended.
+    Isolation is unchanged: every test still gets a copy of the template nobody else has touched,
+    and nothing is reused. Whatever is left is dropped at the end of the session.
+    """
+
+    READY_AHEAD = 2
 
     def __init__(self, admin_url: str) -> None:
         self.admin_url = admin_url
         self.template = f"ledger_tpl_{RUN_ID}"
         self.created: list[str] = []
         self._counter = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready: asyncio.Queue[str | BaseException] | None = None
+        self._to_drop: asyncio.Queue[str] | None = None
+        self._workers: list[asyncio.Task] = []
+        self._creating: asyncio.Task | None = None
 
     async def _admin(self) -> asyncpg.Connection:
         return await asyncpg.connect(_dsn(self.admin_url), timeout=5)
@@ -62,17 +79,18 @@ class PostgresDatabases:
         finally:
             await engine.dispose()
 
-    async def new_database(self) -> str:
+    async def _create(self) -> str:
         self._counter += 1
         name = f"ledger_t_{RUN_ID}_{self._counter}"
+        self.created.append(name)
         conn = await self._admin()
         try:
-            # FILE_COPY: for a small template, copying files beats WAL-logging every block.
-            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" STRATEGY FILE_COPY')
+            # WAL_LOG, not FILE_COPY: FILE_COPY checkpoints the whole server twice, measured 0.34 s
+            # against 0.07 s per copy of this template here (and slower still while other suites run).
+            await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" STRATEGY WAL_LOG')
         finally:
             await conn.close()
-        self.created.append(name)
-        return with_database(self.admin_url, name)
+        return name
 
     async def drop(self, name: str) -> None:
         conn = await self._admin()
@@ -81,9 +99,77 @@ class PostgresDatabases:
         finally:
             await conn.close()
 
-    async def teardown(self) -> None:
+    # The background thread's side.
+
+    def start(self) -> None:
+        started = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            self._ready = asyncio.Queue(maxsize=self.READY_AHEAD)
+            self._to_drop = asyncio.Queue()
+            self._workers = [loop.create_task(self._fill()), loop.create_task(self._drain())]
+            started.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="postgres-test-databases", daemon=True)
+        self._thread.start()
+        started.wait()
+
+    async def _fill(self) -> None:
+        while True:
+            # Shielded: stopping the session must not cancel a CREATE DATABASE halfway.
+            self._creating = asyncio.get_running_loop().create_task(self._create())
+            try:
+                item: str | BaseException = await asyncio.shield(self._creating)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as error:
+                item = error  # the test that takes it fails with the server's error
+            await self._ready.put(item)
+            if isinstance(item, BaseException):
+                await asyncio.sleep(0.5)
+
+    async def _drain(self) -> None:
+        while True:
+            name = await self._to_drop.get()
+            try:
+                await self.drop(name)
+                self.created.remove(name)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                pass  # still in ``created``: the session's end tries again
+            finally:
+                self._to_drop.task_done()
+
+    async def _stop(self) -> None:
+        await self._to_drop.join()
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        if self._creating is not None:
+            await asyncio.gather(self._creating, return_exceptions=True)
         for name in [*self.created, self.template]:
-            await self.drop(name)
+            with contextlib.suppress(TimeoutError, OSError, asyncpg.PostgresError):
+                await self.drop(name)
+
+    # The tests' side.
+
+    async def new_database(self) -> str:
+        """A fresh copy of the template, made ahead by the background thread."""
+        item = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._ready.get(), self._loop))
+        if isinstance(item, BaseException):
+            raise item
+        return with_database(self.admin_url, item)
+
+    def release(self, url: str) -> None:
+        """Drops the test's database in the background, once its test is over."""
+        self._loop.call_soon_threadsafe(self._to_drop.put_nowait, sa.engine.make_url(url).database)
+
+    def teardown(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +182,9 @@ def postgres_databases() -> PostgresDatabases | None:
             pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required under CI=true: {error!r}")
         yield None
         return
+    databases.start()
     yield databases
-    asyncio.run(databases.teardown())
+    databases.teardown()
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +219,7 @@ async def database_url(backend, tmp_path, sqlite_template, postgres_databases) -
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL} (set LEDGER_TEST_POSTGRES_URL)")
     url = await postgres_databases.new_database()
     yield url
-    await postgres_databases.drop(sa.engine.make_url(url).database)
+    postgres_databases.release(url)
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from loadtests import bench_core
 REQUIRED = {"backend", "scenario", "mode", "transfers_per_second", "p50_ms", "p99_ms"}
 
 
+@pytest.mark.slow  # a benchmark: every case three times, about 10 s on both databases
 async def test_a_tiny_benchmark_runs_every_case_verifies_the_chain_and_writes_the_documented_json(
     backend, database_url, tmp_path, monkeypatch
 ):
@@ -72,6 +73,7 @@ def test_repeat_must_be_positive():
         bench_core.parse_args(["--repeat", "0"])
 
 
+@pytest.mark.slow  # spawns two writer processes per case
 async def test_a_batched_run_can_be_split_over_two_writer_processes_and_every_transfer_succeeds(
     backend, database_url, tmp_path, monkeypatch
 ):

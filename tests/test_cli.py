@@ -133,6 +133,17 @@ def test_main_exits_2_for_a_malformed_key_and_3_when_the_database_is_unreachable
     assert "Traceback" not in capsys.readouterr().out
 
 
+def test_migrate_on_a_fresh_checkout_creates_the_data_directory_as_init_does(tmp_path, monkeypatch, capsys):
+    data_dir = tmp_path / "checkout" / "ledger-data"  # neither exists yet
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(data_dir))
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    assert cli.main(["migrate"]) == 0
+    assert (data_dir / "ledger.db").exists()
+    assert not (data_dir / "ledger-signing.key").exists()  # migrate makes no key; init does
+    assert cli.main(["init"]) == 0  # and init finds the migrated database current
+    assert "Traceback" not in capsys.readouterr().out
+
+
 def test_urls_are_printed_without_their_password_wherever_it_is():
     shown = cli._safe_url("postgresql+asyncpg://app:Secret1@db/ledger?password=Secret2&sslmode=require")
     assert "Secret1" not in shown and "Secret2" not in shown
