@@ -17,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit import event_from_row
 from ledger.db import read_transaction
-from ledger.engine import business_day_and_year, storable_text
 from ledger.errors import AccountResultCode
 from ledger.journal import SigningKeyGuard, append_event_block
 from ledger.model import (
@@ -34,6 +33,7 @@ from ledger.model import (
     Limits,
 )
 from ledger.money import Currency
+from ledger.rules import business_day_and_year, storable_text
 from ledger.schema import account_events, accounts
 
 log = logging.getLogger(__name__)

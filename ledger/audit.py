@@ -25,9 +25,9 @@ from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.db import read_transaction
-from ledger.engine import TIMEOUT_S_MAX
 from ledger.errors import ResultCode
 from ledger.model import AccountEvent, AccountEventKind, AccountSettings, Refusal, Transfer, TransferKind
+from ledger.rules import TIMEOUT_S_MAX
 from ledger.schema import (
     ACCOUNT_SETTING_COLUMNS,
     GENESIS_HASH,

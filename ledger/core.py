@@ -31,7 +31,6 @@ from ledger.audit import (
     verify_audit,
 )
 from ledger.db import create_engine, read_transaction
-from ledger.engine import AccountState, BatchEngine, accounts_needed, well_formed
 from ledger.errors import (
     InvariantViolation,
     LedgerOutcomeUnknown,
@@ -56,6 +55,7 @@ from ledger.model import (
     TransferResult,
 )
 from ledger.money import Currency
+from ledger.rules import AccountState, BatchEngine, accounts_needed, well_formed
 from ledger.schema import (
     accounts,
     currencies,

@@ -22,9 +22,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ledger.audit import JournalBlock
-from ledger.engine import AccountState
 from ledger.errors import InvariantViolation, ResultCode
 from ledger.model import Refusal, Transfer, TransferKind
+from ledger.rules import AccountState
 from ledger.schema import ACCOUNT_BALANCE_COLUMNS, ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS
 
 # The refusal columns a batch writes: all but block_sequence, which the block gives.

@@ -35,9 +35,9 @@ from ledger import (
 )
 from ledger.core import BATCH_SIZE_MAX, STATEMENT_PAGE_MAX
 from ledger.db import create_engine
-from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.errors import UnknownCurrency
 from ledger.ids import uuid7
+from ledger.rules import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.schema import pending_timeouts
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
