@@ -21,7 +21,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.audit import JournalBlock
+from ledger.audit import JournalBlock, transfer_from_record
 from ledger.errors import InvariantViolation, ResultCode
 from ledger.model import Refusal, Transfer, TransferKind
 from ledger.rules import AccountState
@@ -78,42 +78,6 @@ class IdClash(Exception):
     """A transfer id of this batch was refused by a batch of another process meanwhile, or a
     refused id of it stored as a transfer (the two never share account locks when the fields
     differ). The batch is retried from scratch and then answers exists_with_different_fields."""
-
-
-def _transfer_from_record(record) -> Transfer:
-    """A transfer from a driver row in ``TRANSFER_COLUMNS`` order."""
-    (
-        seq,
-        id_,
-        kind,
-        debit_account_id,
-        credit_account_id,
-        amount_minor,
-        released_minor,
-        currency,
-        pending_id,
-        timeout_s,
-        expires_at_us,
-        linked,
-        user_data,
-        created_at_us,
-    ) = record
-    return Transfer(
-        id_,
-        TransferKind(kind),
-        debit_account_id,
-        credit_account_id,
-        amount_minor,
-        released_minor,
-        currency,
-        pending_id,
-        timeout_s,
-        expires_at_us,
-        linked,
-        user_data,
-        created_at_us,
-        seq,
-    )
 
 
 class BatchStore:
@@ -559,7 +523,7 @@ def _split_known(records) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
     refused: dict[UUID, Refusal] = {}
     for record in records:
         if record[0] is not None:
-            known[record[1]] = _transfer_from_record(record[:-1])
+            known[record[1]] = transfer_from_record(record[:-1])
         else:
             refused[record[1]] = _refusal_from_record(record)
     return known, refused
