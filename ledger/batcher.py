@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
-from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
+from ledger.core import Ledger
 from ledger.errors import (
     LedgerError,
     LedgerOutcomeUnknown,
@@ -28,6 +28,7 @@ from ledger.errors import (
     ResultCode,
 )
 from ledger.model import TransferCommand, TransferResult
+from ledger.submit import BATCH_SIZE_MAX, check_commands
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class Batcher:
     async def submit_many(self, commands: Sequence[TransferCommand]) -> list[TransferResult]:
         """Apply commands together in one batch, in order. A linked chain must end inside them.
         More than ``batch_size_max`` commands (a settlement of many participants is one long chain)
-        run whole in a batch of their own, up to the hard maximum ``ledger.core.BATCH_SIZE_MAX``."""
+        run whole in a batch of their own, up to the hard maximum ``ledger.submit.BATCH_SIZE_MAX``."""
         commands = list(commands)
         if not commands:
             return []
