@@ -1,48 +1,24 @@
-"""The batch path's SQL, one class per database.
-
-Each batch runs the same steps in one transaction: read the transfers it refers to, lock its
-accounts in id order, (rules run in memory), lock the journal head, write all transfer rows in one
-statement, update each touched account once, append the journal block, commit. The two classes
-differ only in how each step is best said to their database: PostgreSQL takes arrays
-(``unnest``); SQLite takes ``executemany`` inside ``BEGIN IMMEDIATE``.
-"""
+"""The batch path's SQL for PostgreSQL (asyncpg): arrays travel as text and are joined through
+``unnest``, and all of a batch's writes go in one statement."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from uuid import UUID
 
-import aiosqlite
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.audit import JournalBlock, transfer_from_record
-from ledger.errors import InvariantViolation, ResultCode
-from ledger.model import Refusal, Transfer, TransferKind
+from ledger.errors import InvariantViolation
+from ledger.model import Refusal, TransferKind
 from ledger.rules import AccountState
 from ledger.schema import ACCOUNT_BALANCE_COLUMNS, ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS
+from ledger.store.base import BatchStore, ConnectionLost, DatabaseFailure, IdClash, JournalHead, _split_known
 
 # The refusal columns a batch writes: all but block_sequence, which the block gives.
 _REFUSAL_WRITE_COLUMNS = REFUSAL_COLUMNS[:-1]
-
-_RESOLUTION_KINDS = (int(TransferKind.POST_PENDING), int(TransferKind.VOID_PENDING), int(TransferKind.EXPIRE_PENDING))
-
-
-class ConnectionLost(Exception):
-    """The connection died under a batch. Retrying the whole batch on a new connection is safe
-    even if its COMMIT had reached the server: the retry finds its transfer ids stored and
-    answers them as replays, so nothing is applied twice. ``commit_sent``: it died while the
-    COMMIT was in flight, so until a retry gets through the batch may be committed."""
-
-    def __init__(self, message: str, *, commit_sent: bool = False) -> None:
-        super().__init__(message)
-        self.commit_sent = commit_sent
-
 
 # Class 08 (connection exception) arrives as asyncpg.PostgresConnectionError; these are the server
 # ending the session: admin shutdown (pg_terminate_backend, a fast shutdown), crash shutdown,
@@ -54,79 +30,6 @@ def _connection_lost(error: BaseException) -> bool:
     return isinstance(error, (asyncpg.PostgresConnectionError, ConnectionError)) or (
         isinstance(error, asyncpg.PostgresError) and error.sqlstate in _SESSION_ENDED_SQLSTATES
     )
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseFailure:
-    """A database error as the batch path sees it: may the whole batch be retried, and did the
-    database refuse data (a constraint) rather than fail to run."""
-
-    retryable: bool
-    integrity: bool
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class JournalHead:
-    sequence: int
-    hash: bytes
-    last_transfer_seq: int
-    signature: bytes | None = None  # the newest block's, when read under the lock (None: no block yet)
-
-
-class IdClash(Exception):
-    """A transfer id of this batch was refused by a batch of another process meanwhile, or a
-    refused id of it stored as a transfer (the two never share account locks when the fields
-    differ). The batch is retried from scratch and then answers exists_with_different_fields."""
-
-
-class BatchStore:
-    """The steps of the batch path that read or write; subclasses say them in their dialect.
-
-    ``transaction(engine)`` opens the batch's one transaction and yields the handle every other
-    step takes: the driver's own connection (asyncpg, aiosqlite), lent by SQLAlchemy's pool.
-    """
-
-    def transaction(self, engine: AsyncEngine):
-        raise NotImplementedError
-
-    async def load_known(self, conn, ids: Iterable[UUID]) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
-        """The stored transfers and the remembered refusals among ``ids``, in one round trip."""
-        raise NotImplementedError
-
-    async def load_resolutions(self, conn, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
-        raise NotImplementedError
-
-    async def lock_accounts(self, conn, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
-        raise NotImplementedError
-
-    async def write_batch(
-        self, conn, batch: list[Transfer], refusals: list[Refusal], touched: list[AccountState], block: JournalBlock
-    ) -> None:
-        """Store the batch's transfers and refusals, each touched account's new balances, and its
-        journal block, and move the head onto it."""
-        raise NotImplementedError
-
-    def classify(self, error: Exception) -> DatabaseFailure | None:
-        """What a database error means for the batch, or None if it is no database error."""
-        raise NotImplementedError
-
-    async def lock_head(self, conn) -> JournalHead:
-        """Read the journal head and its block's signature, locked until the batch commits."""
-        raise NotImplementedError
-
-    async def update_timeouts(self, conn, batch: list[Transfer]) -> None:
-        """Track pending transfers with a timeout until they are resolved."""
-        raise NotImplementedError
-
-    @staticmethod
-    def _timeout_changes(batch: list[Transfer]) -> tuple[list[Transfer], list[UUID]]:
-        """The holds with a timeout this batch opens (and does not resolve itself), and the holds
-        it resolves."""
-        resolved = [t.pending_id for t in batch if t.pending_id is not None]
-        resolved_set = set(resolved)
-        added = [t for t in batch if t.expires_at_us is not None and t.id not in resolved_set]
-        return added, resolved
 
 
 _POSTGRES_TYPES = {
@@ -355,149 +258,6 @@ class PostgresBatchStore(BatchStore):
         )
 
 
-class SqliteBatchStore(BatchStore):
-    """``BEGIN IMMEDIATE`` takes the database's write lock first, so reads see the final word and
-    ``executemany`` writes the rows. The batch talks to aiosqlite directly: SQLAlchemy's per-row
-    result handling (a UUID built from every id) cost more than SQLite's own work. Ids are stored
-    as SQLAlchemy's Uuid type stores them on SQLite (32 hex digits; a round-trip test guards
-    this) and travel to ``IN`` as one JSON array, so every statement's text stays the same."""
-
-    _lock = f"SELECT {', '.join(ACCOUNT_STATE_COLUMNS)} FROM accounts WHERE id IN (SELECT value FROM json_each(?))"
-    _load = (
-        f"SELECT {', '.join(TRANSFER_COLUMNS)}, NULL FROM transfers WHERE id IN (SELECT value FROM json_each(?)) "
-        "UNION ALL SELECT NULL, id, kind, debit_account_id, credit_account_id, amount_minor, NULL, currency, "
-        "pending_id, timeout_s, NULL, linked, user_data, created_at_us, code FROM transfer_refusals "
-        "WHERE id IN (SELECT value FROM json_each(?))"
-    )
-    _resolutions = "SELECT pending_id, kind FROM transfers WHERE pending_id IN (SELECT value FROM json_each(?))"
-    _head = (
-        "SELECT h.sequence, h.hash, h.last_transfer_seq, b.signature FROM journal_head AS h "
-        "LEFT JOIN journal_blocks AS b ON b.sequence = h.sequence WHERE h.id = 1"
-    )
-    _insert = (
-        f"INSERT INTO transfers ({', '.join(TRANSFER_COLUMNS)}) VALUES ({', '.join('?' for _ in TRANSFER_COLUMNS)})"
-    )
-    _insert_refusal = (
-        f"INSERT INTO transfer_refusals ({', '.join(REFUSAL_COLUMNS)}) "
-        f"VALUES ({', '.join('?' for _ in REFUSAL_COLUMNS)})"
-    )
-    _update = f"UPDATE accounts SET {', '.join(f'{c} = ?' for c in ACCOUNT_BALANCE_COLUMNS)} WHERE id = ?"
-    _block = (
-        "INSERT INTO journal_blocks (sequence, prev_hash, hash, signature, first_transfer_seq, transfer_count, "
-        "created_at_us, refusal_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-    _head_update = "UPDATE journal_head SET sequence = ?, hash = ?, last_transfer_seq = ? WHERE id = 1"
-    _add_timeout = "INSERT INTO pending_timeouts (transfer_id, expires_at_us) VALUES (?, ?)"
-    _drop_timeout = "DELETE FROM pending_timeouts WHERE transfer_id = ?"
-
-    @asynccontextmanager
-    async def transaction(self, engine: AsyncEngine) -> AsyncIterator[aiosqlite.Connection]:
-        # SQLAlchemy lends the pooled connection and never begins a transaction on it here (its
-        # own BEGIN IMMEDIATE hook is for Core work), so its reset on return has nothing to undo.
-        async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
-            await driver.execute("BEGIN IMMEDIATE")
-            try:
-                yield driver
-                await driver.execute("COMMIT")
-            except BaseException:
-                # The original error goes on. A cancellation may arrive while COMMIT is still queued
-                # in aiosqlite's thread and then lands: the ROLLBACK queued behind it finds no
-                # transaction, which must not replace the cancellation with a "not committed".
-                if driver.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        await driver.execute("ROLLBACK")
-                raise
-
-    async def load_known(self, driver, ids):
-        # SQLite holds no write lock of another process here (BEGIN IMMEDIATE is ours), so an id
-        # can never be a transfer and a refusal at once: the two sides need no guard.
-        ids_json = _json_hex_array(ids)
-        rows = await driver.execute_fetchall(self._load, (ids_json, ids_json))
-        return _split_known([_record_from_sqlite(row) for row in rows])
-
-    async def load_resolutions(self, driver, pending_ids):
-        rows = await driver.execute_fetchall(self._resolutions, (_json_hex_array(pending_ids),))
-        return {UUID(hex=pending_id): TransferKind(kind) for pending_id, kind in rows}
-
-    async def lock_accounts(self, driver, ids):
-        # The write lock is already ours (BEGIN IMMEDIATE); this only reads.
-        by_hex = {account_id.hex: account_id for account_id in ids}
-        rows = await driver.execute_fetchall(self._lock, (_json_hex_array(by_hex.values()),))
-        return {by_hex[row[0]]: AccountState(by_hex[row[0]], *row[1:]) for row in rows}
-
-    async def lock_head(self, driver):
-        [(sequence, hash_, last_transfer_seq, signature)] = await driver.execute_fetchall(self._head)
-        return JournalHead(sequence, bytes(hash_), last_transfer_seq, None if signature is None else bytes(signature))
-
-    async def write_batch(self, driver, batch, refusals, touched, block):
-        if refusals:
-            await driver.executemany(self._insert_refusal, [_refusal_to_sqlite(r, block.sequence) for r in refusals])
-        await driver.executemany(
-            self._insert,
-            [
-                (
-                    t.seq,
-                    t.id.hex,
-                    int(t.kind),
-                    t.debit_account_id.hex,
-                    t.credit_account_id.hex,
-                    t.amount_minor,
-                    t.released_minor,
-                    t.currency,
-                    None if t.pending_id is None else t.pending_id.hex,
-                    t.timeout_s,
-                    t.expires_at_us,
-                    int(t.linked),
-                    t.user_data,
-                    t.created_at_us,
-                )
-                for t in batch
-            ],
-        )
-        await driver.executemany(
-            self._update,
-            [(*(getattr(a, column) for column in ACCOUNT_BALANCE_COLUMNS), a.id.hex) for a in touched],
-        )
-        await driver.execute(
-            self._block,
-            (
-                block.sequence,
-                block.prev_hash,
-                block.hash,
-                block.signature,
-                block.first_transfer_seq,
-                block.transfer_count,
-                block.created_at_us,
-                len(refusals),
-            ),
-        )
-        await driver.execute(
-            self._head_update, (block.sequence, block.hash, block.first_transfer_seq + block.transfer_count - 1)
-        )
-
-    async def update_timeouts(self, driver, batch):
-        added, resolved = self._timeout_changes(batch)
-        if added:
-            await driver.executemany(self._add_timeout, [(t.id.hex, t.expires_at_us) for t in added])
-        if resolved:
-            await driver.executemany(self._drop_timeout, [(pending_id.hex,) for pending_id in resolved])
-
-    def classify(self, error):
-        if isinstance(error, DBAPIError):  # from SQLAlchemy, e.g. while lending the connection
-            error = error.orig
-        if not isinstance(error, sqlite3.Error):
-            return None
-        message = str(error)
-        # Another process held the write lock past busy_timeout: nothing was written, try again.
-        busy = "database is locked" in message or "database is busy" in message
-        return DatabaseFailure(
-            retryable=busy,
-            integrity=isinstance(error, sqlite3.IntegrityError),
-            reason=f"{type(error).__name__}: {message}" if busy else type(error).__name__,
-        )
-
-
 def _refusal_arrays(refusals: list[Refusal]) -> list[str]:
     """The refusal columns as PostgreSQL array literals, in ``_REFUSAL_WRITE_COLUMNS`` order.
     Fields are as sent, so the text ones are quoted (a refused currency may be anything)."""
@@ -515,63 +275,6 @@ def _refusal_arrays(refusals: list[Refusal]) -> list[str]:
         _array_text_quoted([r.user_data for r in refusals]),
         _array_text([r.created_at_us for r in refusals]),
     ]
-
-
-def _split_known(records) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
-    """Rows of the load query, transfers and refusals apart (a refusal row has no seq)."""
-    known: dict[UUID, Transfer] = {}
-    refused: dict[UUID, Refusal] = {}
-    for record in records:
-        if record[0] is not None:
-            known[record[1]] = transfer_from_record(record[:-1])
-        else:
-            refused[record[1]] = _refusal_from_record(record)
-    return known, refused
-
-
-def _refusal_from_record(record) -> Refusal:
-    """A refusal from a load-query row (transfer columns' shape, code last)."""
-    (_, id_, kind, debit_account_id, credit_account_id, amount_minor, _, currency, pending_id, timeout_s, _, linked,
-     user_data, created_at_us, code) = record  # fmt: skip
-    return Refusal(id_, ResultCode(code), TransferKind(kind), debit_account_id, credit_account_id, amount_minor,
-                   currency, pending_id, timeout_s, linked, user_data, created_at_us)  # fmt: skip
-
-
-def _record_from_sqlite(row) -> tuple:
-    """A load-query row in the forms asyncpg gives: ids as UUIDs (SQLite has 32 hex digits),
-    ``linked`` as a bool (SQLite has 0/1)."""
-    (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
-     timeout_s, expires_at_us, linked, user_data, created_at_us, code) = row  # fmt: skip
-    return (seq, UUID(hex=id_), kind, _uuid_or_none(debit_account_id), _uuid_or_none(credit_account_id),
-            amount_minor, released_minor, currency, _uuid_or_none(pending_id), timeout_s, expires_at_us,
-            bool(linked), user_data, created_at_us, code)  # fmt: skip
-
-
-def _refusal_to_sqlite(refusal: Refusal, block_sequence: int) -> tuple:
-    r = refusal
-    return (r.id.hex, r.code.value, int(r.kind), _hex_or_none(r.debit_account_id), _hex_or_none(r.credit_account_id),
-            r.amount_minor, r.currency, _hex_or_none(r.pending_id), r.timeout_s, int(r.linked), r.user_data,
-            r.created_at_us, block_sequence)  # fmt: skip
-
-
-def _uuid_or_none(value: str | None) -> UUID | None:
-    return None if value is None else UUID(hex=value)
-
-
-def _hex_or_none(value: UUID | None) -> str | None:
-    return None if value is None else value.hex
-
-
-def _json_hex_array(ids: Iterable[UUID]) -> str:
-    return '["' + '","'.join([value.hex for value in ids]) + '"]'
-
-
-def store_for(dialect_name: str) -> BatchStore:
-    if dialect_name == "postgresql":
-        return PostgresBatchStore()
-    if dialect_name == "sqlite":
-        return SqliteBatchStore()
-    raise ValueError(f"no batch store for the {dialect_name} dialect")
 
 
 def _array_text(values: Iterable) -> str:
