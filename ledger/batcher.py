@@ -44,7 +44,7 @@ PIPELINE_SPLIT_MIN = 16
 class _Item:
     __slots__ = ("commands", "future")
 
-    def __init__(self, commands: list[TransferCommand], future: asyncio.Future) -> None:
+    def __init__(self, commands: list[TransferCommand], future: asyncio.Future[list[TransferResult]]) -> None:
         self.commands = commands
         self.future = future
 
@@ -85,7 +85,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self.writers = writers
-        self._writer_tasks: list[asyncio.Task] = []
+        self._writer_tasks: list[asyncio.Task[None]] = []
         self._busy_writers = 0  # writers with a batch in flight
         self._next_expiry = 0.0
         self._stopped: BaseException | None = None  # why a writer stopped, if one did
@@ -97,7 +97,7 @@ class Batcher:
         self.start()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     @property
@@ -146,7 +146,7 @@ class Batcher:
             )
         if not self._writer_tasks:
             raise RuntimeError("Batcher.start() was not called")
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[TransferResult]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(commands, future))
         self._queued += len(commands)
         self._wakeup.set()

@@ -169,14 +169,14 @@ def seal_block(
     )
 
 
-def block_from_row(row: sa.Row) -> JournalBlock:
+def block_from_row(row: sa.Row[Any]) -> JournalBlock:
     return JournalBlock(
         row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature), row.first_transfer_seq,
         row.transfer_count, row.created_at_us, row.refusal_count, row.event_count,
     )  # fmt: skip
 
 
-def refusal_from_row(row: sa.Row) -> Refusal:
+def refusal_from_row(row: sa.Row[Any]) -> Refusal:
     return Refusal(
         row.id, ResultCode(row.code), TransferKind(row.kind), row.debit_account_id, row.credit_account_id,
         row.amount_minor, row.currency, row.pending_id, row.timeout_s, bool(row.linked), row.user_data,
@@ -184,7 +184,7 @@ def refusal_from_row(row: sa.Row) -> Refusal:
     )  # fmt: skip
 
 
-def event_from_row(row: sa.Row) -> AccountEvent:
+def event_from_row(row: sa.Row[Any]) -> AccountEvent:
     return AccountEvent(
         row.account_id, row.version, AccountEventKind(row.event), row.actor, row.at_us,
         AccountSettings.from_row(row), row.block_sequence,
@@ -204,7 +204,7 @@ def transfer_from_record(record: Sequence[Any]) -> Transfer:
     )  # fmt: skip
 
 
-def transfer_from_row(row: sa.Row) -> Transfer:
+def transfer_from_row(row: sa.Row[Any]) -> Transfer:
     """A transfer from a SQLAlchemy row of ``sa.select(transfers)``, whose columns are the table's,
     in ``TRANSFER_COLUMNS`` order. Checked, so that a narrower or reordered select fails loudly
     instead of mapping the wrong column onto a field."""

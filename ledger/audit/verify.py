@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit.seal import (
     block_hash,
@@ -190,14 +191,15 @@ def _transfer_problem(transfer: Transfer) -> str | None:
     times_out = transfer.kind is TransferKind.PENDING and transfer.timeout_s is not None
     if transfer.timeout_s is not None and not (times_out and 0 < transfer.timeout_s <= TIMEOUT_S_MAX):
         return f"transfer {transfer.id} has timeout_s {transfer.timeout_s}"
-    expected_expiry = transfer.created_at_us + transfer.timeout_s * 1_000_000 if times_out else None
+    timeout_s = transfer.timeout_s if times_out else None
+    expected_expiry = None if timeout_s is None else transfer.created_at_us + timeout_s * 1_000_000
     if transfer.expires_at_us != expected_expiry:
         return f"transfer {transfer.id} expires at {transfer.expires_at_us}, its timeout says {expected_expiry}"
     return None
 
 
 async def _verify_blocks(
-    conn,
+    conn: AsyncConnection,
     verify_key: VerifyKey,
     report: AuditReport,
     totals: dict[UUID, list[int]],
@@ -273,7 +275,7 @@ class _SealedRows:
     events: dict[int, list[AccountEvent]]
 
     @classmethod
-    async def load(cls, conn, first_block: int, last_block: int) -> _SealedRows:
+    async def load(cls, conn: AsyncConnection, first_block: int, last_block: int) -> _SealedRows:
         refusals: dict[int, list[Refusal]] = {}
         events: dict[int, list[AccountEvent]] = {}
         for row in await conn.execute(
@@ -284,10 +286,10 @@ class _SealedRows:
             sa.select(account_events).where(account_events.c.block_sequence.between(first_block, last_block))
         ):
             events.setdefault(row.block_sequence, []).append(event_from_row(row))
-        for group in refusals.values():
-            group.sort(key=refusal_order)
-        for group in events.values():
-            group.sort(key=event_order)
+        for refusal_group in refusals.values():
+            refusal_group.sort(key=refusal_order)
+        for event_group in events.values():
+            event_group.sort(key=event_order)
         return cls(refusals, events)
 
     def of(self, block_sequence: int) -> tuple[list[Refusal], list[AccountEvent]]:
@@ -295,7 +297,7 @@ class _SealedRows:
 
 
 def _block_problem(
-    block,
+    block: sa.Row[Any],
     batch: list[Transfer],
     refusals: list[Refusal],
     events: list[AccountEvent],
@@ -334,7 +336,7 @@ def _block_problem(
     return None
 
 
-async def _verify_sealed_rows(conn, report: AuditReport, replay: _Replay) -> None:
+async def _verify_sealed_rows(conn: AsyncConnection, report: AuditReport, replay: _Replay) -> None:
     """Every refusal and account event lies in a sealed block; no id is both a transfer and a
     refusal; each account's events count up from its opening."""
     for table, checked, name in (
@@ -356,7 +358,7 @@ async def _verify_sealed_rows(conn, report: AuditReport, replay: _Replay) -> Non
     report.problems.extend(replay.event_problems[:10])
 
 
-async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
+async def _verify_timeouts(conn: AsyncConnection, report: AuditReport, replay: _Replay) -> None:
     """The expiry sweep's due list must be exactly the open holds with a timeout: a missing row
     means a hold that never expires, an extra one a sweep over something that is no open hold."""
     rows = {row.transfer_id: row.expires_at_us for row in await conn.execute(sa.select(pending_timeouts))}
@@ -371,7 +373,7 @@ async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
         report.problems.append(f"{len(wrong)} pending_timeouts rows match no open hold and its expiry, e.g. {wrong[0]}")
 
 
-async def _verify_sqlite_id_text(conn, report: AuditReport) -> None:
+async def _verify_sqlite_id_text(conn: AsyncConnection, report: AuditReport) -> None:
     """SQLite keeps ids as text; the ledger writes 32 lower-case hex digits. Another spelling
     parses to the same UUID (so the hash holds) but escapes lookups and the unique index."""
     checks = [
@@ -403,7 +405,9 @@ def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
     credit[3] += pending
 
 
-async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay) -> None:
+async def _verify_balances(
+    conn: AsyncConnection, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay
+) -> None:
     columns = [accounts.c.id] + [accounts.c[name] for name in (*ACCOUNT_SETTING_COLUMNS, *_BALANCE_COLUMNS)]
     result = await conn.stream(sa.select(*columns).order_by(accounts.c.id))
     seen: set[UUID] = set()
@@ -436,7 +440,7 @@ async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[in
         report.problems.append(f"{len(unknown)} transfers name accounts that do not exist, e.g. {min(unknown)}")
 
 
-def _settings_problem(row, newest: AccountEvent | None) -> str | None:
+def _settings_problem(row: sa.Row[Any], newest: AccountEvent | None) -> str | None:
     """An account row's settings must be those its newest sealed event says."""
     if newest is None:
         return f"account {row.id}: no sealed event opened it"

@@ -3,14 +3,16 @@ hand back (the journal head, a classified database failure, the errors that mean
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit import JournalBlock, transfer_from_record
-from ledger.errors import ResultCode
+from ledger.errors import InvariantViolation, ResultCode
 from ledger.model import Refusal, Transfer, TransferKind
 from ledger.rules import AccountState
 
@@ -54,24 +56,30 @@ class BatchStore:
     """The steps of the batch path that read or write; subclasses say them in their dialect.
 
     ``transaction(engine)`` opens the batch's one transaction and yields the handle every other
-    step takes: the driver's own connection (asyncpg, aiosqlite), lent by SQLAlchemy's pool.
+    step takes: the driver's own connection (asyncpg, aiosqlite), lent by SQLAlchemy's pool. It is
+    typed ``Any`` here (asyncpg ships no type hints); each subclass names its own.
     """
 
-    def transaction(self, engine: AsyncEngine):
+    def transaction(self, engine: AsyncEngine) -> AbstractAsyncContextManager[Any]:
         raise NotImplementedError
 
-    async def load_known(self, conn, ids: Iterable[UUID]) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
+    async def load_known(self, conn: Any, ids: Iterable[UUID]) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
         """The stored transfers and the remembered refusals among ``ids``, in one round trip."""
         raise NotImplementedError
 
-    async def load_resolutions(self, conn, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
+    async def load_resolutions(self, conn: Any, pending_ids: Iterable[UUID]) -> dict[UUID, TransferKind]:
         raise NotImplementedError
 
-    async def lock_accounts(self, conn, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
+    async def lock_accounts(self, conn: Any, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         raise NotImplementedError
 
     async def write_batch(
-        self, conn, batch: list[Transfer], refusals: list[Refusal], touched: list[AccountState], block: JournalBlock
+        self,
+        conn: Any,
+        batch: list[Transfer],
+        refusals: list[Refusal],
+        touched: list[AccountState],
+        block: JournalBlock,
     ) -> None:
         """Store the batch's transfers and refusals, each touched account's new balances, and its
         journal block, and move the head onto it."""
@@ -81,11 +89,11 @@ class BatchStore:
         """What a database error means for the batch, or None if it is no database error."""
         raise NotImplementedError
 
-    async def lock_head(self, conn) -> JournalHead:
+    async def lock_head(self, conn: Any) -> JournalHead:
         """Read the journal head and its block's signature, locked until the batch commits."""
         raise NotImplementedError
 
-    async def update_timeouts(self, conn, batch: list[Transfer]) -> None:
+    async def update_timeouts(self, conn: Any, batch: list[Transfer]) -> None:
         """Track pending transfers with a timeout until they are resolved."""
         raise NotImplementedError
 
@@ -99,7 +107,7 @@ class BatchStore:
         return added, resolved
 
 
-def _split_known(records) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
+def _split_known(records: Iterable[Sequence[Any]]) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
     """Rows of the load query, transfers and refusals apart (a refusal row has no seq)."""
     known: dict[UUID, Transfer] = {}
     refused: dict[UUID, Refusal] = {}
@@ -111,9 +119,17 @@ def _split_known(records) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
     return known, refused
 
 
-def _refusal_from_record(record) -> Refusal:
+def _refusal_from_record(record: Sequence[Any]) -> Refusal:
     """A refusal from a load-query row (transfer columns' shape, code last)."""
     (_, id_, kind, debit_account_id, credit_account_id, amount_minor, _, currency, pending_id, timeout_s, _, linked,
      user_data, created_at_us, code) = record  # fmt: skip
     return Refusal(id_, ResultCode(code), TransferKind(kind), debit_account_id, credit_account_id, amount_minor,
                    currency, pending_id, timeout_s, linked, user_data, created_at_us)  # fmt: skip
+
+
+async def driver_connection(conn: AsyncConnection) -> Any:
+    """The driver's own connection under a pooled SQLAlchemy one (asyncpg's or aiosqlite's)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:  # only a connection detached from its pool has none; a lent one never is
+        raise InvariantViolation("the pooled connection has no driver connection")
+    return driver

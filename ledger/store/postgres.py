@@ -11,11 +11,20 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ledger.audit import JournalBlock
 from ledger.errors import InvariantViolation
-from ledger.model import Refusal, TransferKind
+from ledger.model import Refusal, Transfer, TransferKind
 from ledger.rules import AccountState
 from ledger.schema import ACCOUNT_BALANCE_COLUMNS, ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS
-from ledger.store.base import BatchStore, ConnectionLost, DatabaseFailure, IdClash, JournalHead, _split_known
+from ledger.store.base import (
+    BatchStore,
+    ConnectionLost,
+    DatabaseFailure,
+    IdClash,
+    JournalHead,
+    _split_known,
+    driver_connection,
+)
 
 # The refusal columns a batch writes: all but block_sequence, which the block gives.
 _REFUSAL_WRITE_COLUMNS = REFUSAL_COLUMNS[:-1]
@@ -152,7 +161,7 @@ class PostgresBatchStore(BatchStore):
         # reset on return has nothing to undo. A connection that died under the batch is taken
         # out of the pool, and the batch is retried on a fresh one (see ConnectionLost).
         async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver = await driver_connection(conn)
             commit_sent = False
             try:
                 async with driver.transaction():
@@ -171,23 +180,27 @@ class PostgresBatchStore(BatchStore):
                     ) from error
                 raise
 
-    async def load_known(self, driver, ids):
+    async def load_known(
+        self, driver: asyncpg.Connection, ids: Iterable[UUID]
+    ) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
         return _split_known(await driver.fetch(self._load, _uuid_array(ids)))
 
-    async def load_resolutions(self, driver, pending_ids):
+    async def load_resolutions(
+        self, driver: asyncpg.Connection, pending_ids: Iterable[UUID]
+    ) -> dict[UUID, TransferKind]:
         return {
             record[0]: TransferKind(record[1])
             for record in await driver.fetch(self._resolutions, _uuid_array(pending_ids))
         }
 
-    async def lock_accounts(self, driver, ids):
+    async def lock_accounts(self, driver: asyncpg.Connection, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         return {record[0]: AccountState(*record) for record in await driver.fetch(self._lock, _uuid_array(ids))}
 
-    async def lock_head(self, driver):
+    async def lock_head(self, driver: asyncpg.Connection) -> JournalHead:
         sequence, hash_, last_transfer_seq, signature = await driver.fetchrow(self._head)
         return JournalHead(sequence, bytes(hash_), last_transfer_seq, None if signature is None else bytes(signature))
 
-    async def update_timeouts(self, driver, batch):
+    async def update_timeouts(self, driver: asyncpg.Connection, batch: list[Transfer]) -> None:
         added, resolved = self._timeout_changes(batch)
         if added:
             await driver.execute(
@@ -196,7 +209,14 @@ class PostgresBatchStore(BatchStore):
         if resolved:
             await driver.execute(self._drop_timeouts, _uuid_array(resolved))
 
-    async def write_batch(self, driver, batch, refusals, touched, block):
+    async def write_batch(
+        self,
+        driver: asyncpg.Connection,
+        batch: list[Transfer],
+        refusals: list[Refusal],
+        touched: list[AccountState],
+        block: JournalBlock,
+    ) -> None:
         arguments = [
             _array_text([t.seq for t in batch]),
             _uuid_array([t.id for t in batch]),
@@ -236,7 +256,7 @@ class PostgresBatchStore(BatchStore):
                 raise IdClash("an id of this batch was stored on the other side (transfer / refusal) meanwhile")
             raise InvariantViolation(f"the batch's account updates did not reach all {len(touched)} locked accounts")
 
-    def classify(self, error):
+    def classify(self, error: Exception) -> DatabaseFailure | None:
         # The batch path raises asyncpg's own errors (driver calls) as well as SQLAlchemy's
         # wrappers of them (Core calls); both carry the SQLSTATE.
         if isinstance(error, DBAPIError):
@@ -254,7 +274,7 @@ class PostgresBatchStore(BatchStore):
             return None
         reason = f"{name} ({state})" if state else name
         return DatabaseFailure(
-            retryable=state in self.RETRYABLE_SQLSTATES, integrity=bool(state) and state.startswith("23"), reason=reason
+            retryable=state in self.RETRYABLE_SQLSTATES, integrity=bool(state and state.startswith("23")), reason=reason
         )
 
 
@@ -277,7 +297,7 @@ def _refusal_arrays(refusals: list[Refusal]) -> list[str]:
     ]
 
 
-def _array_text(values: Iterable) -> str:
+def _array_text(values: Iterable[object]) -> str:
     """A PostgreSQL array literal of integers or currency codes, which need no quoting."""
     return "{" + ",".join(map(str, values)) + "}"
 
@@ -292,7 +312,7 @@ def _uuid_array_nullable(values: list[UUID | None]) -> str:
     return "{" + ",".join(["NULL" if value is None else value.bytes.hex() for value in values]) + "}"
 
 
-def _array_text_nullable(values: list) -> str:
+def _array_text_nullable(values: list[int | None]) -> str:
     return "{" + ",".join("NULL" if value is None else str(value) for value in values) + "}"
 
 

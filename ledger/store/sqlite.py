@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 from uuid import UUID
 
 import aiosqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from ledger.model import Refusal, TransferKind
+from ledger.audit import JournalBlock
+from ledger.model import Refusal, Transfer, TransferKind
 from ledger.rules import AccountState
 from ledger.schema import ACCOUNT_BALANCE_COLUMNS, ACCOUNT_STATE_COLUMNS, REFUSAL_COLUMNS, TRANSFER_COLUMNS
-from ledger.store.base import BatchStore, DatabaseFailure, JournalHead, _split_known
+from ledger.store.base import BatchStore, DatabaseFailure, JournalHead, _split_known, driver_connection
 
 
 class SqliteBatchStore(BatchStore):
@@ -58,7 +60,7 @@ class SqliteBatchStore(BatchStore):
         # SQLAlchemy lends the pooled connection and never begins a transaction on it here (its
         # own BEGIN IMMEDIATE hook is for Core work), so its reset on return has nothing to undo.
         async with engine.connect() as conn:
-            driver = (await conn.get_raw_connection()).driver_connection
+            driver: aiosqlite.Connection = await driver_connection(conn)
             await driver.execute("BEGIN IMMEDIATE")
             try:
                 yield driver
@@ -72,28 +74,39 @@ class SqliteBatchStore(BatchStore):
                         await driver.execute("ROLLBACK")
                 raise
 
-    async def load_known(self, driver, ids):
+    async def load_known(
+        self, driver: aiosqlite.Connection, ids: Iterable[UUID]
+    ) -> tuple[dict[UUID, Transfer], dict[UUID, Refusal]]:
         # SQLite holds no write lock of another process here (BEGIN IMMEDIATE is ours), so an id
         # can never be a transfer and a refusal at once: the two sides need no guard.
         ids_json = _json_hex_array(ids)
         rows = await driver.execute_fetchall(self._load, (ids_json, ids_json))
         return _split_known([_record_from_sqlite(row) for row in rows])
 
-    async def load_resolutions(self, driver, pending_ids):
+    async def load_resolutions(
+        self, driver: aiosqlite.Connection, pending_ids: Iterable[UUID]
+    ) -> dict[UUID, TransferKind]:
         rows = await driver.execute_fetchall(self._resolutions, (_json_hex_array(pending_ids),))
         return {UUID(hex=pending_id): TransferKind(kind) for pending_id, kind in rows}
 
-    async def lock_accounts(self, driver, ids):
+    async def lock_accounts(self, driver: aiosqlite.Connection, ids: Iterable[UUID]) -> dict[UUID, AccountState]:
         # The write lock is already ours (BEGIN IMMEDIATE); this only reads.
         by_hex = {account_id.hex: account_id for account_id in ids}
         rows = await driver.execute_fetchall(self._lock, (_json_hex_array(by_hex.values()),))
         return {by_hex[row[0]]: AccountState(by_hex[row[0]], *row[1:]) for row in rows}
 
-    async def lock_head(self, driver):
+    async def lock_head(self, driver: aiosqlite.Connection) -> JournalHead:
         [(sequence, hash_, last_transfer_seq, signature)] = await driver.execute_fetchall(self._head)
         return JournalHead(sequence, bytes(hash_), last_transfer_seq, None if signature is None else bytes(signature))
 
-    async def write_batch(self, driver, batch, refusals, touched, block):
+    async def write_batch(
+        self,
+        driver: aiosqlite.Connection,
+        batch: list[Transfer],
+        refusals: list[Refusal],
+        touched: list[AccountState],
+        block: JournalBlock,
+    ) -> None:
         if refusals:
             await driver.executemany(self._insert_refusal, [_refusal_to_sqlite(r, block.sequence) for r in refusals])
         await driver.executemany(
@@ -139,29 +152,29 @@ class SqliteBatchStore(BatchStore):
             self._head_update, (block.sequence, block.hash, block.first_transfer_seq + block.transfer_count - 1)
         )
 
-    async def update_timeouts(self, driver, batch):
+    async def update_timeouts(self, driver: aiosqlite.Connection, batch: list[Transfer]) -> None:
         added, resolved = self._timeout_changes(batch)
         if added:
             await driver.executemany(self._add_timeout, [(t.id.hex, t.expires_at_us) for t in added])
         if resolved:
             await driver.executemany(self._drop_timeout, [(pending_id.hex,) for pending_id in resolved])
 
-    def classify(self, error):
-        if isinstance(error, DBAPIError):  # from SQLAlchemy, e.g. while lending the connection
-            error = error.orig
-        if not isinstance(error, sqlite3.Error):
+    def classify(self, error: Exception) -> DatabaseFailure | None:
+        # A SQLAlchemy wrapper (e.g. while lending the connection) is judged by the error it wraps.
+        cause = error.orig if isinstance(error, DBAPIError) else error
+        if not isinstance(cause, sqlite3.Error):
             return None
-        message = str(error)
+        message = str(cause)
         # Another process held the write lock past busy_timeout: nothing was written, try again.
         busy = "database is locked" in message or "database is busy" in message
         return DatabaseFailure(
             retryable=busy,
-            integrity=isinstance(error, sqlite3.IntegrityError),
-            reason=f"{type(error).__name__}: {message}" if busy else type(error).__name__,
+            integrity=isinstance(cause, sqlite3.IntegrityError),
+            reason=f"{type(cause).__name__}: {message}" if busy else type(cause).__name__,
         )
 
 
-def _record_from_sqlite(row) -> tuple:
+def _record_from_sqlite(row: Sequence[Any]) -> tuple[Any, ...]:
     """A load-query row in the forms asyncpg gives: ids as UUIDs (SQLite has 32 hex digits),
     ``linked`` as a bool (SQLite has 0/1)."""
     (seq, id_, kind, debit_account_id, credit_account_id, amount_minor, released_minor, currency, pending_id,
@@ -171,7 +184,7 @@ def _record_from_sqlite(row) -> tuple:
             bool(linked), user_data, created_at_us, code)  # fmt: skip
 
 
-def _refusal_to_sqlite(refusal: Refusal, block_sequence: int) -> tuple:
+def _refusal_to_sqlite(refusal: Refusal, block_sequence: int) -> tuple[object, ...]:
     r = refusal
     return (r.id.hex, r.code.value, int(r.kind), _hex_or_none(r.debit_account_id), _hex_or_none(r.credit_account_id),
             r.amount_minor, r.currency, _hex_or_none(r.pending_id), r.timeout_s, int(r.linked), r.user_data,
