@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -17,7 +18,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ledger.audit import event_from_row
 from ledger.db import read_transaction
-from ledger.engine import business_day_and_year, storable_text
 from ledger.errors import AccountResultCode
 from ledger.journal import SigningKeyGuard, append_event_block
 from ledger.model import (
@@ -34,6 +34,7 @@ from ledger.model import (
     Limits,
 )
 from ledger.money import Currency
+from ledger.rules import business_day_and_year, storable_text
 from ledger.schema import account_events, accounts
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ async def accounts_by_id(conn: AsyncConnection, ids: list[UUID], now_us: int) ->
     return found
 
 
-def account_from_row(row: sa.Row, today: tuple[int, int]) -> Account:
+def account_from_row(row: sa.Row[Any], today: tuple[int, int]) -> Account:
     """The account as of ``today`` (Asia/Shanghai day and year): a debit counter of an earlier day
     or year reads 0, as the next debit will find it."""
     day, year = today

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from ledger.core import BATCH_SIZE_MAX, Ledger, check_commands
+from ledger.core import Ledger
 from ledger.errors import (
     LedgerError,
     LedgerOutcomeUnknown,
@@ -28,6 +28,7 @@ from ledger.errors import (
     ResultCode,
 )
 from ledger.model import TransferCommand, TransferResult
+from ledger.submit import BATCH_SIZE_MAX, check_commands
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ PIPELINE_SPLIT_MIN = 16
 class _Item:
     __slots__ = ("commands", "future")
 
-    def __init__(self, commands: list[TransferCommand], future: asyncio.Future) -> None:
+    def __init__(self, commands: list[TransferCommand], future: asyncio.Future[list[TransferResult]]) -> None:
         self.commands = commands
         self.future = future
 
@@ -85,7 +86,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._closing = False
         self.writers = writers
-        self._writer_tasks: list[asyncio.Task] = []
+        self._writer_tasks: list[asyncio.Task[None]] = []
         self._busy_writers = 0  # writers with a batch in flight
         self._next_expiry = 0.0
         self._stopped: BaseException | None = None  # why a writer stopped, if one did
@@ -99,7 +100,7 @@ class Batcher:
         self.start()
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     @property
@@ -125,7 +126,7 @@ class Batcher:
     async def submit_many(self, commands: Sequence[TransferCommand]) -> list[TransferResult]:
         """Apply commands together in one batch, in order. A linked chain must end inside them.
         More than ``batch_size_max`` commands (a settlement of many participants is one long chain)
-        run whole in a batch of their own, up to the hard maximum ``ledger.core.BATCH_SIZE_MAX``."""
+        run whole in a batch of their own, up to the hard maximum ``ledger.submit.BATCH_SIZE_MAX``."""
         commands = list(commands)
         if not commands:
             return []
@@ -148,7 +149,7 @@ class Batcher:
             )
         if not self._writer_tasks:
             raise RuntimeError("Batcher.start() was not called")
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[TransferResult]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(commands, future))
         self._queued += len(commands)
         self._wakeup.set()

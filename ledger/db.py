@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -20,6 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 # A read-only transaction on SQLite opts out of BEGIN IMMEDIATE with this execution option.
 READ_ONLY = {"ledger_read_only": True}
@@ -31,7 +33,7 @@ POSTGRES_POOL_OVERFLOW_MAX = 20
 PING_IDLE_AFTER_S = 1.0
 
 
-def create_engine(url: str, **engine_options) -> AsyncEngine:
+def create_engine(url: str, **engine_options: Any) -> AsyncEngine:
     """An async engine for ``sqlite+aiosqlite://`` or ``postgresql+asyncpg://`` URLs (plain
     ``sqlite://``, ``postgresql://`` and ``postgres://`` get the async driver)."""
     url = async_url(url)
@@ -69,11 +71,11 @@ def async_url(url: str) -> str:
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkin")
-    def on_checkin(_dbapi_connection, record) -> None:
+    def on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         record.info["ledger_idle_since"] = time.monotonic()
 
     @event.listens_for(engine.sync_engine, "checkout")
-    def on_checkout(dbapi_connection, record, _proxy) -> None:
+    def on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
         # ``info`` lives as long as the DBAPI connection: a new connection has no idle mark.
         idle_since = record.info.get("ledger_idle_since")
         if idle_since is None or time.monotonic() - idle_since < PING_IDLE_AFTER_S:
@@ -85,7 +87,7 @@ def _ping_idle_connections(engine: AsyncEngine) -> None:
             raise DisconnectionError(f"an idle pooled connection was dead: {error!r}") from error
 
 
-def _switch_to_wal(cursor) -> None:
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
     """WAL mode is kept in the file, but the switch takes a lock that SQLite does not wait for
     with busy_timeout: two processes opening a new file at once saw "database is locked" about
     one time in ten. The switch is retried briefly (once a file is in WAL it is a no-op)."""
@@ -101,7 +103,7 @@ def _switch_to_wal(cursor) -> None:
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection, _record) -> None:
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Hand transaction control to the "begin" hook below instead of the driver's own BEGIN.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -124,7 +126,7 @@ async def read_transaction(engine: AsyncEngine, *, snapshot: bool = False) -> As
     """A read-only transaction: a deferred BEGIN on SQLite (a WAL snapshot, no write lock), and
     on PostgreSQL REPEATABLE READ when the caller needs several statements to see one snapshot."""
     async with engine.connect() as conn:
-        options = dict(READ_ONLY)
+        options: dict[str, object] = dict(READ_ONLY)
         if snapshot and engine.dialect.name == "postgresql":
             options["isolation_level"] = "REPEATABLE READ"
         conn = await conn.execution_options(**options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum, IntFlag, StrEnum
+from typing import Any
 from uuid import UUID
 
 from ledger.errors import AccountResultCode, ResultCode
@@ -148,7 +149,7 @@ class AccountSettings:
         )  # fmt: skip
 
     @classmethod
-    def from_row(cls, row) -> AccountSettings:
+    def from_row(cls, row: Any) -> AccountSettings:
         """From any row that has the setting columns by name (an account or an event)."""
         return cls(
             row.currency,

@@ -76,7 +76,8 @@ def parse_amount(text: str | Decimal, currency: Currency, *, max_minor: int = AM
         raise InvalidAmount(
             f"amount {text} {currency.code} is above the maximum of {format_amount(max_minor, currency)}"
         )
-    minor = int(match["whole"]) * 10**currency.exponent + int(fraction.ljust(currency.exponent, "0") or "0")
+    # Annotated: int ** int is Any to mypy (a negative exponent would give a float; none is).
+    minor: int = int(match["whole"]) * 10**currency.exponent + int(fraction.ljust(currency.exponent, "0") or "0")
     if minor == 0:
         raise InvalidAmount("amount must be greater than zero")
     if minor > max_minor:

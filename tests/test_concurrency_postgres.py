@@ -30,11 +30,12 @@ from ledger import (
     TransferKind,
 )
 from ledger import db as ledger_db
-from ledger.core import SUBMIT_ATTEMPTS_MAX
 from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import accounts, transfers
-from ledger.store import _uuid_array, store_for
+from ledger.store import store_for
+from ledger.store.postgres import _uuid_array
+from ledger.submit import SUBMIT_ATTEMPTS_MAX
 
 pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
 

@@ -6,7 +6,7 @@ of earlier ids, sometimes linked chains, rarely an open chain), clock advances f
 ``Ledger.expire_pending()``, whole-batch resubmissions, freezes, closes and limit changes. Each step
 runs against the real :class:`ledger.Ledger` and against :class:`Model` below, a small in-memory
 ledger written from the rules (issue 2 and the docstrings of ``ledger/model.py``), not from
-``ledger/engine.py``: it shares no code with the engine, only the vocabulary (``TransferCommand``,
+``ledger/rules.py``: it shares no code with the engine, only the vocabulary (``TransferCommand``,
 the result codes). After every step the two must agree on every result code, every ``replayed``
 flag, the amount of every accepted transfer, and every account's four balances, status and limits.
 After each scenario the books must balance (``assert_invariants``); after all of them the audit

@@ -33,12 +33,13 @@ from ledger import (
     TransferKind,
     TransferResult,
 )
-from ledger.core import BATCH_SIZE_MAX, STATEMENT_PAGE_MAX
 from ledger.db import create_engine
-from ledger.engine import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.errors import UnknownCurrency
 from ledger.ids import uuid7
+from ledger.queries import STATEMENT_PAGE_MAX
+from ledger.rules import BIGINT_MAX, TIMEOUT_S_MAX, USER_DATA_LENGTH_MAX
 from ledger.schema import pending_timeouts
+from ledger.submit import BATCH_SIZE_MAX
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -1,4 +1,4 @@
-"""Unit tests of ledger/engine.py: the transfer rules applied in memory, with no database and no
+"""Unit tests of ledger/rules.py: the transfer rules applied in memory, with no database and no
 clock, against :class:`AccountState` objects built by hand."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.engine import BIGINT_MAX, AccountState, BatchEngine, accounts_needed, business_day_and_year
 from ledger.errors import ResultCode
 from ledger.ids import uuid7
 from ledger.model import AccountFlags, AccountStatus, Transfer, TransferCommand, TransferKind
+from ledger.rules import BIGINT_MAX, AccountState, BatchEngine, accounts_needed, business_day_and_year
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 WALLET = int(AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS)

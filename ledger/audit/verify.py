@@ -1,33 +1,30 @@
-"""The audit chain: every committed batch is a journal block, hashed onto the previous one and
-signed with the ledger's Ed25519 key, and a verifier that recomputes it all from the stored rows.
-
-``block hash = SHA-256(previous hash || "SZHK-LEDGER-BLOCK-v1" || header || canonical transfers)``
-where the header is the block's sequence, first transfer seq, transfer count and time, and each
-transfer's canonical bytes are a fixed big-endian layout of every stored field (see
-:func:`canonical_transfer_bytes`). A block that also seals refusals or account events appends
-``"REFUSALS" || count || canonical refusals || "EVENTS" || count || canonical events`` (refusals
-in id order, events in account id and version order); a block with neither hashes exactly as
-before, so chains sealed before refusals and events existed still verify. The signature covers the
-block hash.
-"""
+"""Verifying the audit chain: recompute every block's hash and signature from the stored rows,
+check the chain against anchors recorded outside the ledger, and recompute every account's
+balances, settings and open holds from what the chain sealed."""
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import sqlalchemy as sa
 from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy.ext.asyncio import AsyncEngine
+from nacl.signing import VerifyKey
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from ledger.audit.seal import (
+    block_hash,
+    event_from_row,
+    event_order,
+    refusal_from_row,
+    refusal_order,
+    transfer_from_row,
+)
 from ledger.db import read_transaction
-from ledger.engine import TIMEOUT_S_MAX
-from ledger.errors import ResultCode
 from ledger.model import AccountEvent, AccountEventKind, AccountSettings, Refusal, Transfer, TransferKind
+from ledger.rules import TIMEOUT_S_MAX
 from ledger.schema import (
     ACCOUNT_SETTING_COLUMNS,
     GENESIS_HASH,
@@ -40,189 +37,8 @@ from ledger.schema import (
     transfers,
 )
 
-BLOCK_DOMAIN = b"SZHK-LEDGER-BLOCK-v1"
-_HEADER = struct.Struct(">QQIq")
-_TRANSFER = struct.Struct(">Q16sB16s16sqq3sB16sqqBq")
-_NO_ID = bytes(16)
 # Blocks read per query while verifying, so a long chain is checked in bounded memory per page.
 VERIFY_PAGE_BLOCKS_MAX = 500
-
-
-def canonical_transfer_bytes(transfer: Transfer) -> bytes:
-    """Every stored field of a transfer, in a fixed layout that changes if any field changes."""
-    user_data = b"" if transfer.user_data is None else transfer.user_data.encode()
-    return (
-        _TRANSFER.pack(
-            transfer.seq,
-            transfer.id.bytes,
-            int(transfer.kind),
-            transfer.debit_account_id.bytes,
-            transfer.credit_account_id.bytes,
-            transfer.amount_minor,
-            transfer.released_minor,
-            transfer.currency.encode("ascii"),
-            transfer.pending_id is not None,
-            _NO_ID if transfer.pending_id is None else transfer.pending_id.bytes,
-            -1 if transfer.timeout_s is None else transfer.timeout_s,
-            -1 if transfer.expires_at_us is None else transfer.expires_at_us,
-            transfer.linked,
-            transfer.created_at_us,
-        )
-        + struct.pack(">BH", transfer.user_data is not None, len(user_data))
-        + user_data
-    )
-
-
-def canonical_fields(values: Sequence[object]) -> bytes:
-    """Values in a fixed order, each tagged with its type, so that no two different sequences
-    give the same bytes: None, int (8 bytes, signed), UUID (16), str (length-prefixed UTF-8)."""
-    parts: list[bytes] = []
-    for value in values:
-        if value is None:
-            parts.append(b"\x00")
-        elif isinstance(value, UUID):
-            parts.append(b"\x02" + value.bytes)
-        elif isinstance(value, str):
-            encoded = value.encode()
-            parts.append(b"\x03" + struct.pack(">I", len(encoded)) + encoded)
-        elif isinstance(value, int):  # bools and IntEnums too: their integer value
-            parts.append(b"\x01" + struct.pack(">q", int(value)))
-        else:
-            raise TypeError(f"cannot seal a {type(value).__name__}")
-    return b"".join(parts)
-
-
-def canonical_refusal_bytes(refusal: Refusal) -> bytes:
-    r = refusal
-    return canonical_fields((
-        r.id, r.code.value, int(r.kind), r.debit_account_id, r.credit_account_id, r.amount_minor, r.currency,
-        r.pending_id, r.timeout_s, int(r.linked), r.user_data, r.created_at_us,
-    ))  # fmt: skip
-
-
-def canonical_event_bytes(event: AccountEvent) -> bytes:
-    settings = event.settings.as_row()
-    return canonical_fields((
-        event.account_id, event.version, event.event.value, event.actor, event.at_us,
-        *(settings[name] for name in ACCOUNT_SETTING_COLUMNS),
-    ))  # fmt: skip
-
-
-def refusal_order(refusal: Refusal) -> bytes:
-    return refusal.id.bytes
-
-
-def event_order(event: AccountEvent) -> tuple[bytes, int]:
-    return event.account_id.bytes, event.version
-
-
-def block_hash(
-    prev_hash: bytes,
-    sequence: int,
-    first_transfer_seq: int,
-    created_at_us: int,
-    batch: list[Transfer],
-    refusals: Sequence[Refusal] = (),
-    events: Sequence[AccountEvent] = (),
-) -> bytes:
-    """The block's hash; ``refusals`` and ``events`` in their sealing order (see the module doc)."""
-    digest = hashlib.sha256(prev_hash)
-    digest.update(BLOCK_DOMAIN)
-    digest.update(_HEADER.pack(sequence, first_transfer_seq, len(batch), created_at_us))
-    digest.update(b"".join(map(canonical_transfer_bytes, batch)))
-    if refusals or events:
-        digest.update(b"REFUSALS" + struct.pack(">I", len(refusals)))
-        digest.update(b"".join(map(canonical_refusal_bytes, refusals)))
-        digest.update(b"EVENTS" + struct.pack(">I", len(events)))
-        digest.update(b"".join(map(canonical_event_bytes, events)))
-    return digest.digest()
-
-
-@dataclass(frozen=True, slots=True)
-class JournalBlock:
-    sequence: int
-    prev_hash: bytes
-    hash: bytes
-    signature: bytes
-    first_transfer_seq: int
-    transfer_count: int
-    created_at_us: int
-    refusal_count: int = 0
-    event_count: int = 0
-
-
-def seal_block(
-    signing_key: SigningKey,
-    prev_hash: bytes,
-    sequence: int,
-    first_transfer_seq: int,
-    created_at_us: int,
-    batch: list[Transfer],
-    refusals: list[Refusal] | None = None,
-    events: list[AccountEvent] | None = None,
-) -> JournalBlock:
-    """Hash and sign a block. ``refusals`` and ``events`` are sorted into their sealing order in
-    place, and each is stamped with the block's sequence."""
-    refusals = [] if refusals is None else refusals
-    events = [] if events is None else events
-    refusals.sort(key=refusal_order)
-    events.sort(key=event_order)
-    for refusal in refusals:
-        refusal.block_sequence = sequence
-    digest = block_hash(prev_hash, sequence, first_transfer_seq, created_at_us, batch, refusals, events)
-    signature = signing_key.sign(digest).signature
-    return JournalBlock(
-        sequence,
-        prev_hash,
-        digest,
-        signature,
-        first_transfer_seq,
-        len(batch),
-        created_at_us,
-        len(refusals),
-        len(events),
-    )
-
-
-def block_from_row(row: sa.Row) -> JournalBlock:
-    return JournalBlock(
-        row.sequence, bytes(row.prev_hash), bytes(row.hash), bytes(row.signature), row.first_transfer_seq,
-        row.transfer_count, row.created_at_us, row.refusal_count, row.event_count,
-    )  # fmt: skip
-
-
-def refusal_from_row(row: sa.Row) -> Refusal:
-    return Refusal(
-        row.id, ResultCode(row.code), TransferKind(row.kind), row.debit_account_id, row.credit_account_id,
-        row.amount_minor, row.currency, row.pending_id, row.timeout_s, bool(row.linked), row.user_data,
-        row.created_at_us, row.block_sequence,
-    )  # fmt: skip
-
-
-def event_from_row(row: sa.Row) -> AccountEvent:
-    return AccountEvent(
-        row.account_id, row.version, AccountEventKind(row.event), row.actor, row.at_us,
-        AccountSettings.from_row(row), row.block_sequence,
-    )  # fmt: skip
-
-
-def transfer_from_row(row: sa.Row) -> Transfer:
-    return Transfer(
-        id=row.id,
-        kind=TransferKind(row.kind),
-        debit_account_id=row.debit_account_id,
-        credit_account_id=row.credit_account_id,
-        amount_minor=row.amount_minor,
-        released_minor=row.released_minor,
-        currency=row.currency,
-        pending_id=row.pending_id,
-        timeout_s=row.timeout_s,
-        expires_at_us=row.expires_at_us,
-        linked=bool(row.linked),
-        user_data=row.user_data,
-        created_at_us=row.created_at_us,
-        seq=row.seq,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,14 +191,15 @@ def _transfer_problem(transfer: Transfer) -> str | None:
     times_out = transfer.kind is TransferKind.PENDING and transfer.timeout_s is not None
     if transfer.timeout_s is not None and not (times_out and 0 < transfer.timeout_s <= TIMEOUT_S_MAX):
         return f"transfer {transfer.id} has timeout_s {transfer.timeout_s}"
-    expected_expiry = transfer.created_at_us + transfer.timeout_s * 1_000_000 if times_out else None
+    timeout_s = transfer.timeout_s if times_out else None
+    expected_expiry = None if timeout_s is None else transfer.created_at_us + timeout_s * 1_000_000
     if transfer.expires_at_us != expected_expiry:
         return f"transfer {transfer.id} expires at {transfer.expires_at_us}, its timeout says {expected_expiry}"
     return None
 
 
 async def _verify_blocks(
-    conn,
+    conn: AsyncConnection,
     verify_key: VerifyKey,
     report: AuditReport,
     totals: dict[UUID, list[int]],
@@ -458,7 +275,7 @@ class _SealedRows:
     events: dict[int, list[AccountEvent]]
 
     @classmethod
-    async def load(cls, conn, first_block: int, last_block: int) -> _SealedRows:
+    async def load(cls, conn: AsyncConnection, first_block: int, last_block: int) -> _SealedRows:
         refusals: dict[int, list[Refusal]] = {}
         events: dict[int, list[AccountEvent]] = {}
         for row in await conn.execute(
@@ -469,10 +286,10 @@ class _SealedRows:
             sa.select(account_events).where(account_events.c.block_sequence.between(first_block, last_block))
         ):
             events.setdefault(row.block_sequence, []).append(event_from_row(row))
-        for group in refusals.values():
-            group.sort(key=refusal_order)
-        for group in events.values():
-            group.sort(key=event_order)
+        for refusal_group in refusals.values():
+            refusal_group.sort(key=refusal_order)
+        for event_group in events.values():
+            event_group.sort(key=event_order)
         return cls(refusals, events)
 
     def of(self, block_sequence: int) -> tuple[list[Refusal], list[AccountEvent]]:
@@ -480,7 +297,7 @@ class _SealedRows:
 
 
 def _block_problem(
-    block,
+    block: sa.Row[Any],
     batch: list[Transfer],
     refusals: list[Refusal],
     events: list[AccountEvent],
@@ -519,7 +336,7 @@ def _block_problem(
     return None
 
 
-async def _verify_sealed_rows(conn, report: AuditReport, replay: _Replay) -> None:
+async def _verify_sealed_rows(conn: AsyncConnection, report: AuditReport, replay: _Replay) -> None:
     """Every refusal and account event lies in a sealed block; no id is both a transfer and a
     refusal; each account's events count up from its opening."""
     for table, checked, name in (
@@ -541,7 +358,7 @@ async def _verify_sealed_rows(conn, report: AuditReport, replay: _Replay) -> Non
     report.problems.extend(replay.event_problems[:10])
 
 
-async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
+async def _verify_timeouts(conn: AsyncConnection, report: AuditReport, replay: _Replay) -> None:
     """The expiry sweep's due list must be exactly the open holds with a timeout: a missing row
     means a hold that never expires, an extra one a sweep over something that is no open hold."""
     rows = {row.transfer_id: row.expires_at_us for row in await conn.execute(sa.select(pending_timeouts))}
@@ -556,7 +373,7 @@ async def _verify_timeouts(conn, report: AuditReport, replay: _Replay) -> None:
         report.problems.append(f"{len(wrong)} pending_timeouts rows match no open hold and its expiry, e.g. {wrong[0]}")
 
 
-async def _verify_sqlite_id_text(conn, report: AuditReport) -> None:
+async def _verify_sqlite_id_text(conn: AsyncConnection, report: AuditReport) -> None:
     """SQLite keeps ids as text; the ledger writes 32 lower-case hex digits. Another spelling
     parses to the same UUID (so the hash holds) but escapes lookups and the unique index."""
     checks = [
@@ -588,7 +405,9 @@ def _add_effect(totals: dict[UUID, list[int]], transfer: Transfer) -> None:
     credit[3] += pending
 
 
-async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay) -> None:
+async def _verify_balances(
+    conn: AsyncConnection, report: AuditReport, totals: dict[UUID, list[int]], replay: _Replay
+) -> None:
     columns = [accounts.c.id] + [accounts.c[name] for name in (*ACCOUNT_SETTING_COLUMNS, *_BALANCE_COLUMNS)]
     result = await conn.stream(sa.select(*columns).order_by(accounts.c.id))
     seen: set[UUID] = set()
@@ -621,7 +440,7 @@ async def _verify_balances(conn, report: AuditReport, totals: dict[UUID, list[in
         report.problems.append(f"{len(unknown)} transfers name accounts that do not exist, e.g. {min(unknown)}")
 
 
-def _settings_problem(row, newest: AccountEvent | None) -> str | None:
+def _settings_problem(row: sa.Row[Any], newest: AccountEvent | None) -> str | None:
     """An account row's settings must be those its newest sealed event says."""
     if newest is None:
         return f"account {row.id}: no sealed event opened it"

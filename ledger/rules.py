@@ -14,7 +14,7 @@ from datetime import datetime
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
-from ledger.errors import ResultCode
+from ledger.errors import InvariantViolation, ResultCode
 from ledger.model import AccountFlags, AccountStatus, Refusal, Transfer, TransferCommand, TransferKind, TransferResult
 
 # Daily and annual debit caps count days in the corridor's business time zone.
@@ -278,9 +278,13 @@ class BatchEngine:
         return None
 
     def _record_new(self, command: TransferCommand, undo: _Undo | None) -> Transfer:
-        amount = command.amount_minor
-        debit = self.accounts[command.debit_account_id]
-        credit = self.accounts[command.credit_account_id]
+        amount, currency = command.amount_minor, command.currency
+        debit_account_id, credit_account_id = command.debit_account_id, command.credit_account_id
+        if amount is None or currency is None or debit_account_id is None or credit_account_id is None:
+            # The checks before this one answered every command that lacks one of these.
+            raise InvariantViolation(f"transfer {command.id} reached the books without its accounts or amount")
+        debit = self.accounts[debit_account_id]
+        credit = self.accounts[credit_account_id]
         if undo is not None:
             undo.save(debit)
             undo.save(credit)
@@ -297,11 +301,11 @@ class BatchEngine:
         transfer = Transfer(
             command.id,
             command.kind,
-            command.debit_account_id,
-            command.credit_account_id,
+            debit_account_id,
+            credit_account_id,
             amount,
             0,
-            command.currency,
+            currency,
             None,
             command.timeout_s,
             expires_at_us,
@@ -471,7 +475,7 @@ def storable_text(value: object, length_max: int) -> bool:
     return True
 
 
-def _optional(value, kind: type) -> bool:
+def _optional(value: object, kind: type) -> bool:
     return value is None or isinstance(value, kind)
 
 
