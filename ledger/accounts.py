@@ -145,11 +145,9 @@ class AccountBook:
         status = AccountStatus(status)  # ValueError for a status that does not exist
         _check_actor(actor)
         async with self.engine.begin() as conn:
-            account = await self._lock_account(conn, account_id)
-            if account is None:
-                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
-            if account.status is AccountStatus.CLOSED:
-                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
+            account = await self._lock_for_change(conn, account_id)
+            if isinstance(account, AccountResult):
+                return account
             held = account.balances
             if status is AccountStatus.CLOSED and (held.posted_minor or held.debits_pending or held.credits_pending):
                 return AccountResult(AccountResultCode.ACCOUNT_NOT_EMPTY, account)
@@ -170,11 +168,9 @@ class AccountBook:
             return AccountResult(AccountResultCode.INVALID_ACCOUNT)
         _check_actor(actor)
         async with self.engine.begin() as conn:
-            account = await self._lock_account(conn, account_id)
-            if account is None:
-                return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
-            if account.status is AccountStatus.CLOSED:
-                return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
+            account = await self._lock_for_change(conn, account_id)
+            if isinstance(account, AccountResult):
+                return account
             held = account.balances.credits_posted + account.balances.credits_pending - account.balances.debits_posted
             if limits.balance_cap_minor is not None and held > limits.balance_cap_minor:
                 return AccountResult(AccountResultCode.LIMIT_BELOW_BALANCE, account)
@@ -200,6 +196,16 @@ class AccountBook:
         await conn.execute(accounts.update().where(accounts.c.id == before.id).values(**after.settings.as_row()))
         event = AccountEvent(before.id, version + 1, kind, actor, now_us, after.settings)
         await append_event_block(conn, self.guard, [event], now_us)
+
+    async def _lock_for_change(self, conn: AsyncConnection, account_id: UUID) -> Account | AccountResult:
+        """The account, locked for a change of its settings, or the result refusing any change:
+        not found, or closed (closing is final)."""
+        account = await self._lock_account(conn, account_id)
+        if account is None:
+            return AccountResult(AccountResultCode.ACCOUNT_NOT_FOUND)
+        if account.status is AccountStatus.CLOSED:
+            return AccountResult(AccountResultCode.ACCOUNT_CLOSED, account)
+        return account
 
     async def _lock_account(self, conn: AsyncConnection, account_id: UUID) -> Account | None:
         row = (await conn.execute(sa.select(accounts).where(accounts.c.id == account_id).with_for_update())).first()
