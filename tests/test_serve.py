@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import io
 import os
 import re
@@ -30,28 +29,20 @@ from rich.console import Console
 from ledger import AccountSpec, TransferCommand
 from ledger.db import create_engine
 from ledger.ids import uuid7
+from ledger.keys import read_signing_key
 from ledger.schema import transfers
 from service import cli, serve
 from service.app import begin_drain, create_app, is_draining
+from service.client import AuthenticationError, LedgerClient, NotFoundError
 from service.config import Settings
 from service.handlers import read_json, shielded
 from service.keys import BATCHER_KEY, LEDGER_KEY
 from service.openapi import RouteTable
 from service.schemas import RequestModel, ResponseModel
-from wallets.service import WalletBook
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60.0
 EXIT_TIMEOUT_S = 60.0
-
-
-def wallet_book_is_stub() -> bool:
-    """The WalletBook's bodies are being written on main; ``ledger init`` registers the operator
-    through it, so the tests that run ``init`` in a process wait for them."""
-    return inspect.getsource(WalletBook.list_institutions).rstrip().endswith("raise NotImplementedError")
-
-
-needs_wallet_book = pytest.mark.skipif(wallet_book_is_stub(), reason="WalletBook bodies are not on this branch yet")
 
 
 def quiet() -> Console:
@@ -257,7 +248,6 @@ async def spawn(tmp_path):
 
 
 @pytest.mark.slow
-@needs_wallet_book
 async def test_init_then_serve_on_a_fresh_data_directory_needs_no_other_set_up(tmp_path, spawn):
     data_dir = tmp_path / "fresh"
     settings = Settings(data_dir=data_dir, database_url=f"sqlite+aiosqlite:///{data_dir / 'ledger.db'}")
@@ -273,6 +263,15 @@ async def test_init_then_serve_on_a_fresh_data_directory_needs_no_other_set_up(t
     server = await spawn(settings)
     async with aiohttp.ClientSession() as session:
         await server.wait_ready(session)
+    # The operator's key from init signs /v1/ requests; a key id nobody registered does not.
+    operator_key = read_signing_key(settings.data_dir / "operator.key")
+    async with LedgerClient(server.url, key_id="operator", signing_key=operator_key, retries_max=0) as operator:
+        with contextlib.suppress(NotFoundError):  # authenticated: 200 once the route exists, 404 before
+            await operator.get("/v1/institutions/operator")
+    async with LedgerClient(server.url, key_id="nobody", signing_key=operator_key, retries_max=0) as stranger:
+        with pytest.raises(AuthenticationError) as refused:
+            await stranger.get("/v1/institutions/operator")
+    assert refused.value.code == "unknown_key"
     assert await server.stop() == 0, server.output()
     assert f"serving {server.url}" in server.output()
 
