@@ -4,12 +4,6 @@ Resources live in cleanup contexts and typed ``web.AppKey``s (``service.keys``),
 the ledger (its engine is disposed on shutdown) and the batcher (closed on shutdown, which
 finishes every queued batch first). A resource passed in by the caller is the caller's to close;
 the app closes only what it made.
-
-Draining: once :func:`begin_drain` ran (``ledger serve`` calls it on SIGTERM, and the app's own
-``on_shutdown`` hook calls it for any other runner), new ``/v1/`` requests and readiness probes
-answer 503 ``shutting_down`` with ``Retry-After``, while requests already past the middleware
-finish; aiohttp's runner waits for them before the cleanup contexts close the batcher (which
-commits what is queued) and the ledger.
 """
 
 from __future__ import annotations
@@ -50,7 +44,13 @@ READINESS_PATH = "/readyz"
 @dataclass
 class DrainState:
     """Whether this app stopped taking new work. Mutable in place: an app's state may not be
-    reassigned once it started."""
+    reassigned once it started.
+
+    Once :func:`begin_drain` ran (``ledger serve`` calls it on SIGTERM, and the app's own
+    ``on_shutdown`` hook for any other runner), new ``/v1/`` requests and readiness probes answer
+    503 ``shutting_down`` with ``Retry-After``, while requests already past the middleware finish;
+    aiohttp's runner waits for them before the cleanup contexts close the batcher (which commits
+    what is queued) and the ledger."""
 
     draining: bool = False
 
