@@ -9,7 +9,6 @@ the app closes only what it made.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from importlib import metadata
 
 from aiohttp import web
@@ -41,7 +40,6 @@ API_TITLE = "Shenzhen–Hong Kong payment ledger"
 READINESS_PATH = "/readyz"
 
 
-@dataclass
 class DrainState:
     """Whether this app stopped taking new work. Mutable in place: an app's state may not be
     reassigned once it started.
@@ -52,7 +50,10 @@ class DrainState:
     aiohttp's runner waits for them before the cleanup contexts close the batcher (which commits
     what is queued) and the ledger."""
 
-    draining: bool = False
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
 
 
 DRAIN_KEY = web.AppKey("drain", DrainState)
