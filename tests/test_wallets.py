@@ -293,3 +293,11 @@ async def test_an_atomic_batch_is_all_or_none_and_a_plain_one_answers_each(book)
     results = await book.transfer_batch("hk-alphapay", [pay(wallet, shop, 1), pay(foreign, shop, 1)], atomic=True)
     assert [r.code for r in results] == [ResultCode.LINKED_EVENT_FAILED, ResultCode.ACCOUNT_NOT_FOUND]
     assert (await book.get_wallet("hk-alphapay", wallet)).balances.posted_minor == 600
+
+
+async def test_registering_again_with_a_retired_key_is_a_conflict(book):
+    [old] = await book.active_keys("hk-alphapay")
+    await book.add_key("hk-alphapay", key())
+    await book.retire_key("hk-alphapay", old)
+    with pytest.raises(Conflict):
+        await book.register_institution("hk-alphapay", HK, "AlphaPay HK", old)

@@ -171,7 +171,7 @@ def _account_rows(institution_id: str) -> list[dict[str, object]]:
 
 
 def _same_or_conflict(existing: Institution, kind: InstitutionKind, name: str, public_key: bytes) -> Institution:
-    if existing.kind is kind and existing.name == name and public_key in {k.public_key for k in existing.keys}:
+    if existing.kind is kind and existing.name == name and public_key in existing.active_keys:
         return existing
     raise Conflict(f"institution {existing.id!r} exists with other fields")
 
