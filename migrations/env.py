@@ -14,6 +14,7 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import wallets.schema  # noqa: F401  (its tables join the one MetaData)
 from ledger.db import create_engine
 from ledger.schema import metadata
 
