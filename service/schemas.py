@@ -153,7 +153,7 @@ NAME_LENGTH_MAX = 200
 # A pending transfer's timeout: at most 30 days (a hold longer than that is not a payment).
 PENDING_TIMEOUT_S_MAX = 30 * 86_400
 TRANSFER_BATCH_SIZE_MAX = 1000
-METADATA_BYTES_MAX = 4096
+METADATA_TEXT_LENGTH_MAX = 512  # as compact JSON; the wallets layer keeps it with the transfer
 
 
 def _public_key_text(value: object) -> object:
@@ -335,7 +335,8 @@ class TransferCreate(RequestModel):
         default=None, ge=1, le=PENDING_TIMEOUT_S_MAX, description="A pending transfer's timeout; voided after it."
     )
     metadata: dict[str, Any] | None = Field(
-        default=None, description=f"The caller's own JSON object, at most {METADATA_BYTES_MAX} bytes."
+        default=None,
+        description=f"The caller's own JSON object, at most {METADATA_TEXT_LENGTH_MAX} characters as compact JSON.",
     )
 
 

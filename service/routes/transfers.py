@@ -9,7 +9,8 @@ Every call that moves money runs ``shielded``: a client that leaves does not can
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from ledger import ResultCode
 from service.errors_map import refusal_problem, wallet_errors
 from service.handlers import read_body, read_json, shielded
 from service.openapi import RouteTable
+from service.problems import ProblemError
 from service.routes._common import (
     caller_id,
     currencies,
@@ -33,7 +35,6 @@ from service.routes._common import (
     wallets,
 )
 from service.schemas import (
-    METADATA_BYTES_MAX,
     TransferBatchCreate,
     TransferBatchItem,
     TransferBatchOut,
@@ -42,6 +43,7 @@ from service.schemas import (
     TransferPostRequest,
 )
 from wallets.errors import NotFound
+from wallets.ids import metadata_problem
 from wallets.model import TransferOutcome, TransferRequest
 
 routes = RouteTable(tag="transfers")
@@ -73,8 +75,8 @@ async def _transfer_request(request: web.Request, body: TransferCreate, pointer:
     minor units, the metadata within its size."""
     currency = await currency_named(request, body.currency, pointer=f"{pointer}/currency")
     amount_minor = minor_units(body.amount, currency, pointer=f"{pointer}/amount")
-    if body.metadata is not None and len(json.dumps(body.metadata).encode()) > METADATA_BYTES_MAX:
-        raise field_problem(f"metadata is larger than {METADATA_BYTES_MAX} bytes as JSON", f"{pointer}/metadata")
+    if (problem := metadata_problem(body.metadata)) is not None:
+        raise field_problem(problem, f"{pointer}/metadata")
     if body.timeout_seconds is not None and not body.pending:
         raise field_problem("timeout_seconds is for pending transfers", f"{pointer}/timeout_seconds")
     return TransferRequest(
@@ -177,6 +179,19 @@ def _as_current(outcome: TransferOutcome) -> TransferOutcome:
     return TransferOutcome(code=outcome.code, transfer=outcome.transfer, replayed=False)
 
 
+@contextmanager
+def pending_errors() -> Iterator[None]:
+    """The wallets layer's errors, with an unknown pending transfer (or another institution's) in
+    the contract's own code for it."""
+    try:
+        with wallet_errors():
+            yield
+    except ProblemError as problem:
+        if problem.code == "not_found":
+            raise refusal_problem(ResultCode.PENDING_TRANSFER_NOT_FOUND) from None
+        raise
+
+
 async def _pending_id(request: web.Request) -> UUID:
     return uuid_in_path(request, code="pending_transfer_not_found")
 
@@ -207,7 +222,7 @@ async def post_transfer(request: web.Request) -> web.Response:
         if pending is None or pending.transfer is None:  # unknown, or refused when made: no hold
             raise refusal_problem(ResultCode.PENDING_TRANSFER_NOT_FOUND)
         amount_minor = minor_units(body.amount, (await currencies(request))[pending.transfer.currency])
-    with wallet_errors():
+    with pending_errors():
         outcome = await shielded(book.post_pending(institution_id, pending_id, amount_minor))
     return await outcome_response(request, outcome, status_created=200)
 
@@ -221,6 +236,6 @@ async def post_transfer(request: web.Request) -> web.Response:
 )
 async def void_transfer(request: web.Request) -> web.Response:
     pending_id = await _pending_id(request)
-    with wallet_errors():
+    with pending_errors():
         outcome = await shielded(wallets(request).void_pending(caller_id(request), pending_id))
     return await outcome_response(request, outcome, status_created=200)
