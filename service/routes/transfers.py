@@ -222,6 +222,11 @@ async def post_transfer(request: web.Request) -> web.Response:
         if pending is None or pending.transfer is None:  # unknown, or refused when made: no hold
             raise refusal_problem(ResultCode.PENDING_TRANSFER_NOT_FOUND)
         amount_minor = minor_units(body.amount, (await currencies(request))[pending.transfer.currency])
+        if amount_minor > pending.transfer.amount_minor:
+            # Refused here, before the ledger: the wallets layer gives each hold ONE post id, and a
+            # post the ledger refused would be remembered under it, so that no later post of the
+            # hold could succeed. A hold's amount never changes, so this check cannot go stale.
+            raise refusal_problem(ResultCode.EXCEEDS_PENDING_AMOUNT)
     with pending_errors():
         outcome = await shielded(book.post_pending(institution_id, pending_id, amount_minor))
     return await outcome_response(request, outcome, status_created=200)
