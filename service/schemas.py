@@ -1,4 +1,5 @@
-"""Edge models shared by every resource: money fields, pages, problems, health answers.
+"""Edge models: money fields, pages, problems, health answers, and the resources' request and
+response bodies (institutions, wallets, transfers, the audit head).
 
 Pydantic checks syntax only (Cosmic Python: syntax at the edge, meaning in the service layer). An
 amount here is text that *looks* like a positive decimal; whether it fits its currency (decimals,
