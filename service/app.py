@@ -21,6 +21,7 @@ from aiohttp import web
 
 from ledger import Batcher, Ledger
 from ledger.db import create_engine
+from ledger.errors import LedgerShuttingDown
 from ledger.keys import read_signing_key
 from service.auth import verify_aiohttp_request
 from service.config import Settings
@@ -39,13 +40,34 @@ from service.keys import (
     VerifiedCaller,
 )
 from service.metrics import ServiceMetrics
-from service.middlewares import MIDDLEWARES
-from service.openapi import RouteTable, add_docs_routes, add_routes, build_openapi
+from service.middlewares import MIDDLEWARES, error_middleware
+from service.openapi import SIGNED_PATH_PREFIX, RouteTable, add_docs_routes, add_routes, build_openapi
 from service.problems import ProblemError
 from service.routes import ROUTE_TABLES
 from wallets.service import WalletBook
 
 API_TITLE = "Shenzhen–Hong Kong payment ledger"
+# Refused once draining: new money movements, and readiness (so that a load balancer stops sending).
+READINESS_PATH = "/readyz"
+
+
+class DrainState:
+    """Whether this app stopped taking new work. Mutable in place: an app's state may not be
+    reassigned once it started.
+
+    Once :func:`begin_drain` ran (``ledger serve`` calls it on SIGTERM, and the app's own
+    ``on_shutdown`` hook for any other runner), new ``/v1/`` requests and readiness probes answer
+    503 ``shutting_down`` with ``Retry-After``, while requests already past the middleware finish;
+    aiohttp's runner waits for them before the cleanup contexts close the batcher (which commits
+    what is queued) and the ledger."""
+
+    __slots__ = ("draining",)
+
+    def __init__(self) -> None:
+        self.draining = False
+
+
+DRAIN_KEY = web.AppKey("drain", DrainState)
 
 
 class _DefaultAuthenticator(Enum):
@@ -76,8 +98,10 @@ def create_app(
     if body_size_max_bytes < 1:
         raise ValueError("body_size_max_bytes must be positive")
     # client_max_size bounds aiohttp's own request.read()/json()/post() too, should a handler use them.
-    app = web.Application(middlewares=MIDDLEWARES, client_max_size=body_size_max_bytes)
+    app = web.Application(middlewares=_with_drain_middleware(MIDDLEWARES), client_max_size=body_size_max_bytes)
     app[SETTINGS_KEY] = settings
+    app[DRAIN_KEY] = DrainState()
+    app.on_shutdown.append(_drain_on_shutdown)
     app[BODY_SIZE_MAX_KEY] = body_size_max_bytes
     key_resolver = InstitutionKeyResolver()
     app[KEY_RESOLVER_KEY] = key_resolver
@@ -101,6 +125,38 @@ def create_app(
 async def refuse_unauthenticated(_request: web.Request, _body: bytes) -> VerifiedCaller:
     """The authenticator of an app built without one: fail closed."""
     raise ProblemError("unavailable", "this server has no request authenticator configured", 503)
+
+
+def begin_drain(app: web.Application) -> None:
+    """Stop taking new ``/v1/`` requests (503 ``shutting_down``); requests in flight carry on."""
+    app[DRAIN_KEY].draining = True
+
+
+def is_draining(app: web.Application) -> bool:
+    return app[DRAIN_KEY].draining
+
+
+async def _drain_on_shutdown(app: web.Application) -> None:
+    begin_drain(app)
+
+
+@web.middleware
+async def drain_middleware(request: web.Request, handler) -> web.StreamResponse:
+    if request.app[DRAIN_KEY].draining and (
+        request.path.startswith(SIGNED_PATH_PREFIX) or request.path == READINESS_PATH
+    ):
+        # The batcher's own refusal, so that the answer is the same problem (503 with Retry-After)
+        # whether the request met the drain here or at the batcher.
+        raise LedgerShuttingDown("this instance is shutting down; retry with the same ids")
+    return await handler(request)
+
+
+def _with_drain_middleware(middlewares: Sequence) -> tuple:
+    """The drain check goes right inside the error middleware: its refusal becomes a problem
+    (with the request id), and it comes before authentication, so that a draining instance spends
+    no key lookup on a request it will refuse anyway."""
+    position = list(middlewares).index(error_middleware) + 1
+    return (*middlewares[:position], drain_middleware, *middlewares[position:])
 
 
 def _ledger_context(settings: Settings, injected: Ledger | None):

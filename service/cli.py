@@ -1,24 +1,37 @@
 """The ``ledger`` console script.
 
-    ledger init             migrate the database and create the ledger's signing key
+    ledger init             migrate the database, create the ledger's signing key and register the
+                            operator (--operator-public-key, or a new key pair in operator.key)
     ledger migrate          migrate the database only
+    ledger serve            serve the HTTP API (--host, --port, --workers N on PostgreSQL)
+    ledger institutions     add, list, rotate-key: institutions and their keys (--json)
+    ledger wallets show     one wallet of an institution (--json)
     ledger demo             seed a small Shenzhen merchant corridor and run payments through it
     ledger audit verify     recompute the audit chain, signatures and balances (--anchor SEQ:HASH)
     ledger audit head       print the newest block as SEQ:HASH, to record outside the ledger
 
 The database is ``LEDGER_DATABASE_URL`` (default: SQLite in ``LEDGER_DATA_DIR``, ``./ledger-data``).
+The institution and wallet commands talk to the database directly, through the WalletBook: an
+operator runs them on the host. With ``--json`` they print JSON on stdout and messages on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
+import datetime
+import json
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
+from nacl.signing import SigningKey, VerifyKey
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy.engine import make_url
@@ -40,14 +53,40 @@ from ledger.audit import Anchor, newest_anchor, verify_audit
 from ledger.batcher import QUEUE_DEPTH_MAX_DEFAULT
 from ledger.db import async_url, create_engine, migrate
 from ledger.ids import uuid7
-from ledger.keys import load_or_create_signing_key, public_key_text, read_signing_key, verify_key_from_text
+from ledger.keys import (
+    load_or_create_signing_key,
+    public_key_text,
+    read_signing_key,
+    verify_key_from_text,
+    write_signing_key,
+)
 from ledger.money import Currency
+from service import serve
 from service.config import Settings
+from service.serve import HOST_DEFAULT, PORT_DEFAULT, WORKERS_MAX
+from wallets.errors import NotFound, WalletError
+from wallets.model import Institution, InstitutionKind, Wallet
+from wallets.service import WalletBook
 
 CNY = Currency("CNY", 2)
 
 
-async def init(settings: Settings, console: Console) -> int:
+OPERATOR_ID = "operator"
+OPERATOR_NAME = "Ledger operator"
+# The actor recorded on changes made from the command line (account events).
+CLI_ACTOR = "ledger-cli"
+
+
+async def init(settings: Settings, console: Console, operator_public_key: str | None = None) -> int:
+    """Migrate, create (or check) the ledger's signing key, register the operator. Idempotent."""
+    operator_key = verify_key_from_text(operator_public_key) if operator_public_key else None
+    if (code := await prepare_ledger(settings, console)) != 0:
+        return code
+    return await register_operator(settings, console, operator_key)
+
+
+async def prepare_ledger(settings: Settings, console: Console) -> int:
+    """Migrate the database and create the ledger's signing key, or check the one there."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(settings.database_url)
     try:
@@ -75,6 +114,62 @@ async def init(settings: Settings, console: Console) -> int:
         f"ledger signing key {verb}: {settings.signing_key_path} (public key {public_key_text(key.verify_key)})"
     )
     return 0
+
+
+async def register_operator(settings: Settings, console: Console, public_key: VerifyKey | None) -> int:
+    """Register the institution ``operator`` with ``public_key``, or with the key in
+    ``operator.key``, or with a new key pair whose seed goes there. A second run keeps both: the
+    key file is never overwritten, and an operator registered earlier is left as it is."""
+    path = operator_key_path(settings)
+    async with open_wallet_book(settings) as book:
+        with contextlib.suppress(NotFound):
+            existing = await book.get_institution(OPERATOR_ID)
+            if public_key is None and not path.exists():
+                # Registered from elsewhere (or with --operator-public-key): no new key here.
+                keys = ", ".join(_key_text(raw) for raw in existing.active_keys)
+                console.print(f"operator {OPERATOR_ID!r} kept (public keys {keys}); its private key is not in {path}")
+                return 0
+        key_created = False
+        if public_key is None:
+            if path.exists():
+                public_key = read_signing_key(path).verify_key
+            else:
+                seed = SigningKey.generate()
+                write_signing_key(path, seed)  # on disk (0600, fsynced) before the database names it
+                public_key, key_created = seed.verify_key, True
+        try:
+            _, registered = await book.register_institution(
+                OPERATOR_ID, InstitutionKind.OPERATOR, OPERATOR_NAME, bytes(public_key), actor=CLI_ACTOR
+            )
+        except WalletError as error:
+            console.print(
+                f"[red]operator {OPERATOR_ID!r} is registered with other fields ({error}): "
+                f"add a key with `ledger institutions rotate-key {OPERATOR_ID}`[/]"
+            )
+            return 2
+    verb = "registered" if registered else "kept"
+    where = f"private key {'created' if key_created else 'kept'}: {path}" if path.exists() else "private key: yours"
+    console.print(
+        f"operator {OPERATOR_ID!r} {verb} (public key {public_key_text(public_key)}, keyid {OPERATOR_ID!r}); {where}"
+    )
+    return 0
+
+
+def operator_key_path(settings: Settings) -> Path:
+    """The operator's private seed, when ``ledger init`` made the key pair (API.md)."""
+    return settings.data_dir / "operator.key"
+
+
+@contextlib.asynccontextmanager
+async def open_wallet_book(settings: Settings) -> AsyncIterator[WalletBook]:
+    """A WalletBook over a Ledger and Batcher of this process, closed (the batcher drained) after."""
+    ledger = Ledger(create_engine(settings.database_url), read_signing_key(settings.signing_key_path))
+    try:
+        # No expiry passes: a short command must not do the server's periodic work.
+        async with Batcher(ledger, expiry_interval_s=None) as batcher:
+            yield WalletBook(ledger, batcher)
+    finally:
+        await ledger.close()
 
 
 async def migrate_only(settings: Settings, console: Console) -> None:
@@ -163,7 +258,7 @@ async def audit_verify(
 
 async def demo(settings: Settings, console: Console, payments: int) -> int:
     """Seed a merchant and e-CNY wallets of three categories, and run payments through the batcher."""
-    if (code := await init(settings, console)) != 0:
+    if (code := await prepare_ledger(settings, console)) != 0:  # the demo works on the core: no operator
         return code
     key, _ = load_or_create_signing_key(settings.signing_key_path)
     ledger = Ledger(create_engine(settings.database_url), key)
@@ -305,6 +400,220 @@ async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
     return 1
 
 
+# -- serving ---------------------------------------------------------------------------------
+
+
+def serve_command(
+    settings: Settings, console: Console, host: str, port: int, workers: int, *, reuse_port: bool = False
+) -> int:
+    """``ledger serve``: checks what it can before anything listens, then runs service.serve."""
+    backend = make_url(async_url(settings.database_url)).get_backend_name()
+    if workers > 1 and backend == "sqlite":
+        console.print(
+            "[red]--workers needs PostgreSQL (set LEDGER_DATABASE_URL): SQLite takes one writer at a "
+            "time, so more processes would only queue on its lock; serve SQLite with one worker[/]"
+        )
+        return 2
+    if workers > 1 and port == 0:
+        console.print("[red]--workers needs a fixed --port: every worker must bind the same one[/]")
+        return 2
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    if workers > 1:
+        console.print(f"serving http://{host}:{port} with {workers} workers on {_safe_url(settings.database_url)}")
+        return serve.serve_workers(host, port, workers, console)
+    return serve.serve(settings, host, port, reuse_port=reuse_port, console=console)
+
+
+def _no_initialised_ledger(settings: Settings, console: Console) -> int:
+    """2 (and says so) when ``ledger init`` has not run here: no signing key, or no SQLite file."""
+    if not settings.signing_key_path.exists():
+        console.print(f"[red]no ledger signing key at {settings.signing_key_path}: run `ledger init` first[/]")
+        return 2
+    return 2 if _no_ledger_here(settings, console) else 0
+
+
+# -- institutions and wallets (on the host, through the WalletBook) ----------------------------
+
+
+async def institutions_add(
+    settings: Settings, console: Console, institution_id: str, kind: str, name: str, public_key: str, *, as_json: bool
+) -> int:
+    key = verify_key_from_text(public_key)
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_wallet_book(settings) as book:
+        institution, created = await book.register_institution(
+            institution_id, InstitutionKind(kind), name, bytes(key), actor=CLI_ACTOR
+        )
+    if as_json:
+        _print_json({**_institution_json(institution), "created": created})
+    else:
+        console.print(f"institution {institution.id!r} {'registered' if created else 'already registered'}")
+        console.print(_institutions_table([institution]))
+    return 0
+
+
+async def institutions_list(settings: Settings, console: Console, *, as_json: bool) -> int:
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_wallet_book(settings) as book:
+        institutions = await book.list_institutions()
+    if as_json:
+        _print_json({"items": [_institution_json(institution) for institution in institutions]})
+    elif institutions:
+        console.print(_institutions_table(institutions))
+    else:
+        console.print("no institutions yet: `ledger init` registers the operator")
+    return 0
+
+
+async def institutions_rotate_key(
+    settings: Settings,
+    console: Console,
+    institution_id: str,
+    public_key: str,
+    retire: str | None,
+    *,
+    as_json: bool,
+) -> int:
+    """Add a key; with ``retire``, retire an old one after the new one is active (never the
+    other way round: the institution keeps a key that verifies throughout)."""
+    new_key = verify_key_from_text(public_key)
+    old_key = verify_key_from_text(retire) if retire else None
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_wallet_book(settings) as book:
+        institution = await book.add_key(institution_id, bytes(new_key))
+        if old_key is not None:
+            institution = await book.retire_key(institution_id, bytes(old_key))
+    if as_json:
+        _print_json(_institution_json(institution))
+    else:
+        console.print(_keys_table(institution))
+    return 0
+
+
+async def wallets_show(
+    settings: Settings, console: Console, wallet_id: UUID, institution_id: str, *, as_json: bool
+) -> int:
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_wallet_book(settings) as book:
+        wallet = await book.get_wallet(institution_id, wallet_id)
+        currency = await book.ledger.currency(wallet.currency)
+    document = _wallet_json(wallet, currency)
+    if as_json:
+        _print_json(document)
+        return 0
+    table = Table(title=f"wallet {wallet.id}", show_header=False)
+    table.add_column("field")
+    table.add_column("value")
+    for field, value in document.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{name} {amount if amount is not None else '-'}" for name, amount in value.items())
+        table.add_row(field, "-" if value is None else str(value))
+    console.print(table)
+    return 0
+
+
+def _print_json(document: object) -> None:
+    # Plain print on stdout: meant for scripts (jq), not wrapped or coloured by the console.
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _timestamp(at_us: int | None) -> str | None:
+    """RFC 3339 in UTC, to the microsecond, from integer microseconds (no float on the way)."""
+    if at_us is None:
+        return None
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(microseconds=at_us)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _key_text(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _institution_json(institution: Institution) -> dict[str, Any]:
+    return {
+        "id": institution.id,
+        "kind": str(institution.kind),
+        "name": institution.name,
+        "created_at": _timestamp(institution.created_at_us),
+        "keys": [
+            {
+                "public_key": _key_text(key.public_key),
+                "active": key.active,
+                "added_at": _timestamp(key.added_at_us),
+                "retired_at": _timestamp(key.retired_at_us),
+            }
+            for key in institution.keys
+        ],
+        "accounts": [
+            {"currency": currency, "role": str(role), "account_id": str(account_id)}
+            for (currency, role), account_id in sorted(institution.accounts.items())
+        ],
+    }
+
+
+def _institutions_table(institutions: Sequence[Institution]) -> Table:
+    table = Table(title="Institutions")
+    for column in ("id", "kind", "name", "active keys", "created"):
+        table.add_column(column)
+    for institution in institutions:
+        keys = "\n".join(_key_text(raw) for raw in institution.active_keys) or "[red]none[/]"
+        table.add_row(
+            institution.id, str(institution.kind), institution.name, keys, _timestamp(institution.created_at_us)
+        )
+    return table
+
+
+def _keys_table(institution: Institution) -> Table:
+    table = Table(title=f"Keys of {institution.id} (keyid {institution.id!r})")
+    for column in ("public key", "status", "added", "retired"):
+        table.add_column(column)
+    for key in institution.keys:
+        status = "[green]active[/]" if key.active else "retired"
+        table.add_row(
+            _key_text(key.public_key), status, _timestamp(key.added_at_us), _timestamp(key.retired_at_us) or "-"
+        )
+    return table
+
+
+def _wallet_json(wallet: Wallet, currency: Currency) -> dict[str, Any]:
+    def amount(minor: int | None) -> str | None:
+        return None if minor is None else format_amount(minor, currency)
+
+    balances, limits = wallet.balances, wallet.limits
+    merchant = wallet.merchant
+    return {
+        "id": str(wallet.id),
+        "institution_id": wallet.institution_id,
+        "owner_kind": str(wallet.owner_kind),
+        "owner_ref": wallet.owner_ref,
+        "currency": wallet.currency,
+        "profile": wallet.profile,
+        "tier": wallet.tier,
+        "status": str(wallet.status),
+        "balance": {
+            "available": amount(balances.available_minor),
+            "posted": amount(balances.posted_minor),
+            "pending_in": amount(balances.credits_pending),
+            "pending_out": amount(balances.debits_pending),
+        },
+        "limits": {
+            "balance_cap": amount(limits.balance_cap_minor),
+            "transfer_cap": amount(limits.transfer_cap_minor),
+            "daily_debit_cap": amount(limits.daily_debit_cap_minor),
+            "annual_debit_cap": amount(limits.annual_debit_cap_minor),
+        },
+        "merchant": None
+        if merchant is None
+        else {"name": merchant.name, "city": merchant.city, "category_code": merchant.category_code},
+        "created_at": _timestamp(wallet.created_at_us),
+    }
+
+
 def _safe_url(url: str) -> str:
     """The URL without its password, whether in the authority or in the query string."""
     parsed = make_url(url)
@@ -315,8 +624,16 @@ def _safe_url(url: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ledger", description="Shenzhen-Hong Kong payment ledger")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("init", help="migrate the database and create the ledger's signing key")
+    init_parser = commands.add_parser(
+        "init", help="migrate, create the ledger's signing key and register the operator (idempotent)"
+    )
+    init_parser.add_argument(
+        "--operator-public-key",
+        metavar="BASE64",
+        help="the operator's Ed25519 public key (default: a new key pair, its seed in <data dir>/operator.key)",
+    )
     commands.add_parser("migrate", help="migrate the database to the latest schema")
+    _add_serve_parser(commands)
     demo_parser = commands.add_parser("demo", help="seed a small corridor and run payments through it")
     demo_parser.add_argument("--payments", type=int, default=5_000, help="concurrent payments in the burst")
     audit = commands.add_parser("audit", help="audit chain")
@@ -331,22 +648,90 @@ def build_parser() -> argparse.ArgumentParser:
         help="a block recorded earlier with `ledger audit head`; the chain must still hold it (repeatable)",
     )
     audit_commands.add_parser("head", help="print the newest block as SEQUENCE:HASH, to record outside the ledger")
+    _add_institutions_parser(commands)
+    _add_wallets_parser(commands)
     return parser
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="serve the HTTP API until SIGTERM or SIGINT (then drain)")
+    serve.add_argument("--host", default=HOST_DEFAULT, help=f"address to listen on (default {HOST_DEFAULT})")
+    serve.add_argument("--port", type=_port, default=PORT_DEFAULT, help=f"port (default {PORT_DEFAULT}; 0: any)")
+    serve.add_argument(
+        "--workers",
+        type=_bounded_int(1, WORKERS_MAX),
+        default=1,
+        help="processes on one port (SO_REUSEPORT), each with its own batcher; more than 1 needs PostgreSQL",
+    )
+    # A worker of a pool: binds with SO_REUSEPORT beside its siblings. Set by the pool's parent.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+
+
+def _add_institutions_parser(commands: argparse._SubParsersAction) -> None:
+    institutions = commands.add_parser("institutions", help="institutions and their keys (on the host)")
+    actions = institutions.add_subparsers(dest="institutions_command", required=True)
+    add = actions.add_parser("add", help="register an institution (idempotent for the same fields)")
+    add.add_argument("institution_id", metavar="ID", help="a slug, e.g. hk-alphapay; also its signatures' keyid")
+    add.add_argument("--kind", required=True, choices=[kind.value for kind in InstitutionKind])
+    add.add_argument("--name", required=True)
+    add.add_argument("--public-key", required=True, metavar="BASE64", help="its Ed25519 public key (32 bytes)")
+    _add_json_flag(add)
+    _add_json_flag(actions.add_parser("list", help="every institution with its active keys"))
+    rotate = actions.add_parser("rotate-key", help="add a key, and retire an old one once the new one is active")
+    rotate.add_argument("institution_id", metavar="ID")
+    rotate.add_argument("--public-key", required=True, metavar="BASE64", help="the new Ed25519 public key")
+    rotate.add_argument("--retire", metavar="OLD_BASE64", help="the key to retire after the new one is added")
+    _add_json_flag(rotate)
+
+
+def _add_wallets_parser(commands: argparse._SubParsersAction) -> None:
+    wallets = commands.add_parser("wallets", help="wallets (on the host)")
+    actions = wallets.add_subparsers(dest="wallets_command", required=True)
+    show = actions.add_parser("show", help="a wallet's balances, limits and status")
+    show.add_argument("wallet_id", metavar="WALLET_ID", type=UUID)
+    show.add_argument("--institution", required=True, metavar="ID", help="the institution the wallet belongs to")
+    _add_json_flag(show)
+
+
+def _add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout (messages go to stderr)")
+
+
+def _port(text: str) -> int:
+    return _bounded_int(0, 65_535)(text)
+
+
+def _bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}")
+        return value
+
+    return parse
 
 
 EXIT_FAILED = 3  # the command could not run: the database unreachable, a key file unreadable
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 done; 1 the audit found the books differ; 2 bad input (a malformed anchor or
-    key, no key, a key that did not sign this chain); 3 the command could not run."""
+    """Exit codes: 0 done; 1 the audit found the books differ, or a serving worker failed; 2 bad
+    input (a malformed anchor or key, no key, a key that did not sign this chain, an unknown
+    institution or wallet, an id taken with other fields); 3 the command could not run."""
     args = build_parser().parse_args(argv)
     settings = Settings.from_env()
-    console = Console()
+    # With --json, stdout carries the JSON alone: messages and errors go to stderr.
+    console = Console(stderr=bool(getattr(args, "json", False)))
     try:
         return _run(args, settings, console)
     except ValueError as error:  # a malformed key or key file (base64 and length errors are ValueErrors)
         console.print(f"[red]{error}[/]")
+        return 2
+    except WalletError as error:  # not found, taken with other fields, refused as invalid
+        console.print(f"[red]{error.code}: {error}[/]")
         return 2
     except (OSError, LedgerError, SQLAlchemyError) as error:
         console.print(f"[red]{type(error).__name__}: {error}[/]")
@@ -355,7 +740,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
     if args.command == "init":
-        return asyncio.run(init(settings, console))
+        return asyncio.run(init(settings, console, args.operator_public_key))
+    if args.command == "serve":
+        return serve_command(settings, console, args.host, args.port, args.workers, reuse_port=args.reuse_port)
+    if args.command == "institutions":
+        return asyncio.run(_run_institutions(args, settings, console))
+    if args.command == "wallets" and args.wallets_command == "show":
+        return asyncio.run(wallets_show(settings, console, args.wallet_id, args.institution, as_json=args.json))
     if args.command == "migrate":
         asyncio.run(migrate_only(settings, console))
         return 0
@@ -365,6 +756,20 @@ def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         return asyncio.run(audit_verify(settings, console, args.public_key, args.anchor))
     if args.command == "audit" and args.audit_command == "head":
         return asyncio.run(audit_head(settings, console))
+    return 2
+
+
+async def _run_institutions(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    if args.institutions_command == "add":
+        return await institutions_add(
+            settings, console, args.institution_id, args.kind, args.name, args.public_key, as_json=args.json
+        )
+    if args.institutions_command == "list":
+        return await institutions_list(settings, console, as_json=args.json)
+    if args.institutions_command == "rotate-key":
+        return await institutions_rotate_key(
+            settings, console, args.institution_id, args.public_key, args.retire, as_json=args.json
+        )
     return 2
 
 

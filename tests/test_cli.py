@@ -4,19 +4,24 @@ test's database; ``main`` (argument parsing and exit codes) is checked on the em
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 
 import pytest
 import sqlalchemy as sa
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 from rich.console import Console
 
 from ledger.audit import Anchor
 from ledger.db import async_url, create_engine
+from ledger.ids import uuid7
 from ledger.keys import public_key_text, read_signing_key
 from ledger.schema import transfers
 from service import cli
 from service.config import Settings
+from wallets.errors import NotFound
+from wallets.model import OwnerKind, WalletSpec
 
 
 @pytest.fixture
@@ -76,7 +81,7 @@ async def test_audit_verify_refuses_a_malformed_anchor_with_exit_code_2(settings
 
 
 async def test_audit_head_of_a_ledger_without_blocks_says_so_and_prints_no_anchor(settings, capsys):
-    await cli.init(settings, quiet())
+    await cli.prepare_ledger(settings, quiet())  # not init: registering the operator seals blocks
     capsys.readouterr()
     console = quiet()
     assert await cli.audit_head(settings, console) == 0
@@ -175,3 +180,159 @@ def test_audit_commands_on_a_directory_never_initialised_say_so_and_create_nothi
     assert cli.main(["audit", "head"]) == 2
     assert cli.main(["audit", "verify", "--public-key", public_key_text(SigningKey.generate().verify_key)]) == 2
     assert not (tmp_path / "nothing-here" / "ledger.db").exists()
+
+
+# -- init registers the operator; institutions and wallets on the host ------------------------
+
+
+def key_text() -> str:
+    return public_key_text(SigningKey.generate().verify_key)
+
+
+async def registered_operator(settings: Settings):
+    async with cli.open_wallet_book(settings) as book:
+        return await book.get_institution(cli.OPERATOR_ID)
+
+
+async def test_init_registers_the_operator_with_a_new_key_pair_in_operator_key_mode_0600(settings):
+    assert await cli.init(settings, quiet()) == 0
+    key_path = cli.operator_key_path(settings)
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    seed = read_signing_key(key_path)  # base64 of 32 bytes, as the ledger's own key
+    operator = await registered_operator(settings)
+    assert operator.kind == "operator" and operator.active_keys == [bytes(seed.verify_key)]
+    assert operator.accounts, "its system accounts are open"
+
+
+async def test_a_second_init_keeps_both_keys_and_the_registration(settings):
+    console = Console(file=io.StringIO(), width=1000)  # paths unwrapped
+    assert await cli.init(settings, console) == 0
+    signing, operator_seed = settings.signing_key_path.read_text(), cli.operator_key_path(settings).read_text()
+    before = await registered_operator(settings)
+
+    assert await cli.init(settings, console) == 0
+    assert settings.signing_key_path.read_text() == signing
+    assert cli.operator_key_path(settings).read_text() == operator_seed
+    assert await registered_operator(settings) == before
+    output = console.file.getvalue()
+    assert "private key created" in output and "private key kept" in output
+    assert str(cli.operator_key_path(settings)) in output and str(settings.signing_key_path) in output
+
+
+async def test_init_with_an_operator_public_key_writes_no_private_key_and_refuses_another_later(settings):
+    public_key = key_text()
+    assert await cli.init(settings, quiet(), operator_public_key=public_key) == 0
+    assert not cli.operator_key_path(settings).exists()
+    assert [public_key_text(VerifyKey(raw)) for raw in (await registered_operator(settings)).active_keys] == [
+        public_key
+    ]
+    # Run again without the flag: the operator is kept, and no key pair is made behind its back.
+    assert await cli.init(settings, quiet()) == 0
+    assert not cli.operator_key_path(settings).exists()
+    # Another key for the same operator is a rotation, not an init.
+    console = quiet()
+    assert await cli.init(settings, console, operator_public_key=key_text()) == 2
+    assert "rotate-key operator" in console.file.getvalue()
+
+
+@pytest.fixture
+def on_the_host(tmp_path, monkeypatch):
+    """``main`` on the embedded default, initialised; returns a function that runs a command and
+    answers (exit code, stdout, stderr)."""
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "host"))
+    monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def run(capsys, *argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def test_institutions_add_list_and_rotate_key_with_json(on_the_host, capsys):
+    assert on_the_host(capsys, "init")[0] == 0
+    first, second = key_text(), key_text()
+    code, out, _ = on_the_host(
+        capsys, "institutions", "add", "hk-alphapay", "--kind", "hk_payment_institution",
+        "--name", "AlphaPay HK", "--public-key", first, "--json",
+    )  # fmt: skip
+    assert code == 0
+    added = json.loads(out)
+    assert added["id"] == "hk-alphapay" and added["created"] is True
+    assert [key["public_key"] for key in added["keys"]] == [first] and added["keys"][0]["active"]
+    assert {(account["currency"], account["role"]) for account in added["accounts"]} >= {("HKD", "funding")}
+
+    code, out, _ = on_the_host(capsys, "institutions", "list", "--json")
+    assert code == 0 and [item["id"] for item in json.loads(out)["items"]] == ["hk-alphapay", "operator"]
+
+    code, out, _ = on_the_host(
+        capsys, "institutions", "rotate-key", "hk-alphapay", "--public-key", second, "--retire", first, "--json"
+    )
+    assert code == 0
+    keys = {key["public_key"]: key for key in json.loads(out)["keys"]}
+    assert keys[second]["active"] and not keys[first]["active"] and keys[first]["retired_at"].endswith("Z")
+
+    # Without --json: rich tables naming what was done.
+    code, out, _ = on_the_host(capsys, "institutions", "list")
+    assert code == 0 and "hk-alphapay" in out and second in out and first not in out
+
+
+def test_institution_commands_refuse_bad_input_with_exit_2_and_a_message(on_the_host, capsys):
+    assert on_the_host(capsys, "init")[0] == 0
+    key = key_text()
+    add = ["institutions", "add", "sz-acq", "--kind", "sz_acquirer", "--name", "SZ Acquirer"]
+    assert on_the_host(capsys, *add, "--public-key", key)[0] == 0
+    assert on_the_host(capsys, *add, "--public-key", key)[0] == 0  # the same fields: idempotent
+    code, _, err = on_the_host(capsys, *add, "--public-key", key_text(), "--json")
+    assert code == 2 and "exists_with_different_fields" in err  # messages go to stderr with --json
+    assert on_the_host(capsys, *add[:2], "Not A Slug", *add[3:], "--public-key", key)[0] == 2
+    assert on_the_host(capsys, *add, "--public-key", "not base64!")[0] == 2
+    code, out, _ = on_the_host(capsys, "institutions", "rotate-key", "nobody", "--public-key", key_text())
+    assert code == 2 and "not_found" in out
+    # The last active key cannot be retired.
+    assert on_the_host(capsys, "institutions", "rotate-key", "sz-acq", "--public-key", key, "--retire", key)[0] == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse: an unknown kind
+        cli.main([*add[:3], "--kind", "bank", *add[5:], "--public-key", key])
+    assert exit_info.value.code == 2
+
+
+def test_commands_before_init_say_to_run_it(on_the_host, capsys):
+    code, out, _ = on_the_host(capsys, "institutions", "list")
+    assert code == 2 and "ledger init" in out
+
+
+async def test_wallets_show_prints_balances_and_limits_of_the_institutions_own_wallet(settings, capsys, monkeypatch):
+    assert await cli.init(settings, quiet()) == 0
+    key = key_text()
+    assert await cli.institutions_add(
+        settings, quiet(), "hk-alphapay", "hk_payment_institution", "AlphaPay HK", key, as_json=False
+    ) == 0  # fmt: skip
+    async with cli.open_wallet_book(settings) as book:
+        wallet, _ = await book.open_wallet("hk-alphapay", WalletSpec("cust-1", OwnerKind.PERSON, "CNY"))
+        assert (await book.deposit("hk-alphapay", wallet.id, uuid7(), 12_850)).ok
+    capsys.readouterr()
+
+    assert await cli.wallets_show(settings, quiet(), wallet.id, "hk-alphapay", as_json=True) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["id"] == str(wallet.id) and shown["institution_id"] == "hk-alphapay"
+    assert shown["balance"] == {"available": "128.50", "posted": "128.50", "pending_in": "0.00", "pending_out": "0.00"}
+    assert shown["tier"] == 4 and shown["status"] == "open" and shown["created_at"].endswith("Z")
+    assert set(shown["limits"]) == {"balance_cap", "transfer_cap", "daily_debit_cap", "annual_debit_cap"}
+
+    console = quiet()
+    assert await cli.wallets_show(settings, console, wallet.id, "hk-alphapay", as_json=False) == 0
+    assert "128.50" in console.file.getvalue()
+    # Another institution's wallet is not found, never shown.
+    with pytest.raises(NotFound):
+        await cli.wallets_show(settings, quiet(), wallet.id, "operator", as_json=True)
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("LEDGER_DATABASE_URL", settings.database_url)
+    argv = ["wallets", "show", str(wallet.id), "--institution", "operator", "--json"]
+    assert await asyncio.to_thread(cli.main, argv) == 2  # main runs its own event loop
+    captured = capsys.readouterr()
+    assert captured.out == "" and "not_found" in captured.err  # nothing a script could take for a wallet
+    with pytest.raises(SystemExit):
+        cli.main(["wallets", "show", "not-a-uuid", "--institution", "hk-alphapay"])
