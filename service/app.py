@@ -1,15 +1,21 @@
 """The one factory of the HTTP application; ``ledger serve`` runs it and the tests build with it.
 
 Resources live in cleanup contexts and typed ``web.AppKey``s (``service.keys``), never in globals:
-the ledger (its engine is disposed on shutdown) and the batcher (closed on shutdown, which
-finishes every queued batch first). A resource passed in by the caller is the caller's to close;
-the app closes only what it made.
+the ledger (its engine is disposed on shutdown), the batcher (closed on shutdown, which
+finishes every queued batch first) and the wallets layer over both. A resource passed in by the
+caller is the caller's to close; the app closes only what it made.
+
+Requests are verified, by default, against the institutions' registered keys (the wallets layer's
+``active_keys``, cached for a few seconds: see ``service.key_resolver``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Sequence
+from enum import Enum
 from importlib import metadata
+from typing import Final
 
 from aiohttp import web
 
@@ -17,15 +23,19 @@ from ledger import Batcher, Ledger
 from ledger.db import create_engine
 from ledger.errors import LedgerShuttingDown
 from ledger.keys import read_signing_key
+from service.auth import verify_aiohttp_request
 from service.config import Settings
 from service.handlers import BODY_SIZE_MAX_BYTES_DEFAULT
+from service.key_resolver import InstitutionKeyResolver
 from service.keys import (
     AUTHENTICATOR_KEY,
     BATCHER_KEY,
     BODY_SIZE_MAX_KEY,
+    KEY_RESOLVER_KEY,
     LEDGER_KEY,
     METRICS_KEY,
     SETTINGS_KEY,
+    WALLETS_KEY,
     Authenticator,
     VerifiedCaller,
 )
@@ -34,6 +44,7 @@ from service.middlewares import MIDDLEWARES, error_middleware
 from service.openapi import SIGNED_PATH_PREFIX, RouteTable, add_docs_routes, add_routes, build_openapi
 from service.problems import ProblemError
 from service.routes import ROUTE_TABLES
+from wallets.service import WalletBook
 
 API_TITLE = "Shenzhen–Hong Kong payment ledger"
 # Refused once draining: new money movements, and readiness (so that a load balancer stops sending).
@@ -59,20 +70,29 @@ class DrainState:
 DRAIN_KEY = web.AppKey("drain", DrainState)
 
 
+class _DefaultAuthenticator(Enum):
+    INSTITUTION_KEYS = "institution keys"
+
+
+# create_app's default: verify signatures against the institutions' registered keys.
+INSTITUTION_KEYS: Final = _DefaultAuthenticator.INSTITUTION_KEYS
+
+
 def create_app(
     settings: Settings,
     *,
     ledger: Ledger | None = None,
     batcher: Batcher | None = None,
-    authenticator: Authenticator | None = None,
+    authenticator: Authenticator | _DefaultAuthenticator | None = INSTITUTION_KEYS,
     route_tables: Sequence[RouteTable] = (),
     body_size_max_bytes: int = BODY_SIZE_MAX_BYTES_DEFAULT,
 ) -> web.Application:
     """Build the application.
 
     ``ledger``/``batcher``: use these instead of opening the settings' database (the caller closes
-    them). ``authenticator`` verifies every ``/v1/`` request; without one, every ``/v1/`` request
-    is refused (503 ``unavailable``): a server that cannot check signatures must not move money.
+    them). ``authenticator`` verifies every ``/v1/`` request: by default RFC 9421 signatures against
+    the institutions' active keys (``INSTITUTION_KEYS``); with None, every ``/v1/`` request is
+    refused (503 ``unavailable``): a server that cannot check signatures must not move money.
     ``route_tables`` are mounted after the service's own (``service.routes.ROUTE_TABLES``).
     """
     if body_size_max_bytes < 1:
@@ -83,11 +103,19 @@ def create_app(
     app[DRAIN_KEY] = DrainState()
     app.on_shutdown.append(_drain_on_shutdown)
     app[BODY_SIZE_MAX_KEY] = body_size_max_bytes
-    app[AUTHENTICATOR_KEY] = authenticator if authenticator is not None else refuse_unauthenticated
+    key_resolver = InstitutionKeyResolver()
+    app[KEY_RESOLVER_KEY] = key_resolver
+    if authenticator is INSTITUTION_KEYS:
+        app[AUTHENTICATOR_KEY] = functools.partial(verify_aiohttp_request, resolve_keys=key_resolver)
+    elif authenticator is None:
+        app[AUTHENTICATOR_KEY] = refuse_unauthenticated
+    else:
+        app[AUTHENTICATOR_KEY] = authenticator
     metrics = ServiceMetrics(lambda: app.get(BATCHER_KEY))
     app[METRICS_KEY] = metrics
     app.cleanup_ctx.append(_ledger_context(settings, ledger))
     app.cleanup_ctx.append(_batcher_context(batcher, metrics))
+    app.cleanup_ctx.append(_wallets_context)
     specs = [spec for table in (*ROUTE_TABLES, *route_tables) for spec in table.specs]
     add_routes(app, specs)
     add_docs_routes(app, build_openapi(specs, title=API_TITLE, version=_version()))
@@ -167,6 +195,17 @@ def _batcher_context(injected: Batcher | None, metrics: ServiceMetrics):
             await batcher.close()
 
     return batcher_context
+
+
+async def _wallets_context(app: web.Application) -> AsyncIterator[None]:
+    # Holds no resource of its own: the ledger and batcher contexts close what it uses.
+    wallets = WalletBook(app[LEDGER_KEY], app[BATCHER_KEY])
+    app[WALLETS_KEY] = wallets
+    app[KEY_RESOLVER_KEY].bind(wallets.active_keys)
+    try:
+        yield
+    finally:
+        app[KEY_RESOLVER_KEY].bind(None)
 
 
 def _version() -> str:

@@ -22,11 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from uuid import UUID
 
 import aiohttp
 from nacl.signing import SigningKey
 from yarl import URL
 
+from ledger.ids import uuid7
 from service.auth import sign_request
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -187,6 +189,132 @@ class LedgerClient:
     async def post(self, path: str, json: Any = None, params: Mapping[str, Any] | None = None) -> LedgerResponse:
         return await self.request("POST", path, json=json, params=params)
 
+    # -- typed conveniences: one per endpoint; each returns the answer's JSON body -------------
+    # Amounts are decimal strings or Decimals (never floats); ids are UUIDs or their text. A
+    # transfer id left out is chosen here, once, so that every retry of the call sends the same id.
+
+    async def create_institution(
+        self,
+        institution_id: str,
+        name: str,
+        kind: str,
+        public_key: str,
+        *,
+        net_debit_cap: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Operator only. ``public_key`` is base64 of the 32-byte Ed25519 key."""
+        payload: dict[str, Any] = {"id": institution_id, "name": name, "kind": kind, "public_key": public_key}
+        if net_debit_cap is not None:
+            payload["net_debit_cap"] = dict(net_debit_cap)
+        return (await self.post("/v1/institutions", payload)).data
+
+    async def get_institution(self, institution_id: str) -> dict[str, Any]:
+        return (await self.get(f"/v1/institutions/{_segment(institution_id)}")).data
+
+    async def list_institutions(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        return (await self.get("/v1/institutions", _page(limit, cursor))).data
+
+    async def add_key(self, institution_id: str, public_key: str) -> dict[str, Any]:
+        return (await self.post(f"/v1/institutions/{_segment(institution_id)}/keys", {"public_key": public_key})).data
+
+    async def retire_key(self, institution_id: str, public_key: str) -> dict[str, Any]:
+        path = f"/v1/institutions/{_segment(institution_id)}/keys/retire"
+        return (await self.post(path, {"public_key": public_key})).data
+
+    async def create_wallet(
+        self,
+        owner_ref: str,
+        currency: str,
+        *,
+        owner_kind: str = "person",
+        wallet_id: UUID | str | None = None,
+        tier: int | None = None,
+        limit_profile: str | None = None,
+        merchant: Mapping[str, str] | None = None,
+        identity_hash: str | None = None,
+    ) -> dict[str, Any]:
+        payload: dict[str, Any] = {"owner_ref": owner_ref, "owner_kind": owner_kind, "currency": currency}
+        optional = {"tier": tier, "limit_profile": limit_profile, "identity_hash": identity_hash}
+        payload |= {name: value for name, value in optional.items() if value is not None}
+        payload["id"] = str(wallet_id or uuid7())
+        if merchant is not None:
+            payload["merchant"] = dict(merchant)
+        return (await self.post("/v1/wallets", payload)).data
+
+    async def get_wallet(self, wallet_id: UUID | str) -> dict[str, Any]:
+        return (await self.get(f"/v1/wallets/{_segment(wallet_id)}")).data
+
+    async def statement(
+        self, wallet_id: UUID | str, *, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the wallet's statement, newest first: ``{items, next_cursor}``."""
+        return (await self.get(f"/v1/wallets/{_segment(wallet_id)}/transfers", _page(limit, cursor))).data
+
+    async def freeze_wallet(self, wallet_id: UUID | str) -> dict[str, Any]:
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/freeze")).data
+
+    async def unfreeze_wallet(self, wallet_id: UUID | str) -> dict[str, Any]:
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/unfreeze")).data
+
+    async def close_wallet(self, wallet_id: UUID | str) -> dict[str, Any]:
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/close")).data
+
+    async def change_tier(self, wallet_id: UUID | str, tier: int) -> dict[str, Any]:
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/tier", {"tier": tier})).data
+
+    async def deposit(
+        self, wallet_id: UUID | str, amount: str | Decimal, *, deposit_id: UUID | str | None = None
+    ) -> dict[str, Any]:
+        payload = {"id": str(deposit_id or uuid7()), "amount": amount}
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/deposits", payload)).data
+
+    async def withdraw(
+        self, wallet_id: UUID | str, amount: str | Decimal, *, withdrawal_id: UUID | str | None = None
+    ) -> dict[str, Any]:
+        payload = {"id": str(withdrawal_id or uuid7()), "amount": amount}
+        return (await self.post(f"/v1/wallets/{_segment(wallet_id)}/withdrawals", payload)).data
+
+    async def transfer(
+        self,
+        source_wallet_id: UUID | str,
+        target_wallet_id: UUID | str,
+        amount: str | Decimal,
+        currency: str,
+        *,
+        transfer_id: UUID | str | None = None,
+        pending: bool = False,
+        timeout_seconds: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """201 (or the original answer when the id was used before). A refusal raises ``RefusedError``."""
+        return (
+            await self.post(
+                "/v1/transfers",
+                transfer_payload(
+                    source_wallet_id, target_wallet_id, amount, currency, transfer_id=transfer_id,
+                    pending=pending, timeout_seconds=timeout_seconds, metadata=metadata,
+                ),
+            )
+        ).data  # fmt: skip
+
+    async def transfer_batch(self, transfers: list[Mapping[str, Any]], *, atomic: bool) -> dict[str, Any]:
+        """``transfers`` as ``transfer_payload`` makes them; per-item results, never raised."""
+        return (await self.post("/v1/transfer-batches", {"transfers": list(transfers), "atomic": atomic})).data
+
+    async def post_transfer(self, transfer_id: UUID | str, amount: str | Decimal | None = None) -> dict[str, Any]:
+        """Post a pending transfer, all of it or ``amount`` of it."""
+        payload = {"amount": amount} if amount is not None else None
+        return (await self.post(f"/v1/transfers/{_segment(transfer_id)}/post", payload)).data
+
+    async def void_transfer(self, transfer_id: UUID | str) -> dict[str, Any]:
+        return (await self.post(f"/v1/transfers/{_segment(transfer_id)}/void")).data
+
+    async def get_transfer(self, transfer_id: UUID | str) -> dict[str, Any]:
+        return (await self.get(f"/v1/transfers/{_segment(transfer_id)}")).data
+
+    async def audit_head(self) -> dict[str, Any]:
+        return (await self.get("/v1/audit/head")).data
+
     async def request(
         self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> LedgerResponse:
@@ -234,6 +362,44 @@ class LedgerClient:
     def _backoff_s(self, attempt: int) -> float:
         # Full jitter, so that many clients retrying after one outage do not return in step.
         return random.uniform(0, min(BACKOFF_MAX_S, self.backoff_base_s * 2**attempt))
+
+
+def transfer_payload(
+    source_wallet_id: UUID | str,
+    target_wallet_id: UUID | str,
+    amount: str | Decimal,
+    currency: str,
+    *,
+    transfer_id: UUID | str | None = None,
+    pending: bool = False,
+    timeout_seconds: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A ``POST /v1/transfers`` body (also an item of a batch); the id is a new UUIDv7 if not given."""
+    payload: dict[str, Any] = {
+        "id": str(transfer_id or uuid7()),
+        "source_wallet_id": str(source_wallet_id),
+        "target_wallet_id": str(target_wallet_id),
+        "amount": amount,
+        "currency": currency,
+    }
+    if pending:
+        payload["pending"] = True
+    if timeout_seconds is not None:
+        payload["timeout_seconds"] = timeout_seconds
+    if metadata is not None:
+        payload["metadata"] = dict(metadata)
+    return payload
+
+
+def _segment(value: UUID | str) -> str:
+    """A path segment, percent-encoded: an id can never reach another route."""
+    return urllib.parse.quote(str(value), safe="")
+
+
+def _page(limit: int | None, cursor: str | None) -> dict[str, Any] | None:
+    params = {name: value for name, value in (("limit", limit), ("cursor", cursor)) if value is not None}
+    return params or None
 
 
 def encode_json_body(payload: Any) -> bytes:

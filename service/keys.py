@@ -13,7 +13,9 @@ from aiohttp import web
 
 from ledger import Batcher, Ledger
 from service.config import Settings
+from service.key_resolver import InstitutionKeyResolver
 from service.metrics import ServiceMetrics
+from wallets.service import WalletBook
 
 
 class VerifiedCaller(Protocol):
@@ -37,6 +39,11 @@ LEDGER_KEY = web.AppKey("ledger", Ledger)
 BATCHER_KEY = web.AppKey("batcher", Batcher)
 AUTHENTICATOR_KEY = web.AppKey("authenticator", Authenticator)
 METRICS_KEY = web.AppKey("metrics", ServiceMetrics)
+# The wallets layer over the ledger and batcher above (made in a cleanup context after them).
+WALLETS_KEY = web.AppKey("wallets", WalletBook)
+# Institutions' active public keys for the default authenticator, cached briefly; the key routes
+# forget an institution's entry when they change its keys.
+KEY_RESOLVER_KEY = web.AppKey("key_resolver", InstitutionKeyResolver)
 # The largest request body accepted, in bytes (checked on Content-Length and on the bytes read).
 BODY_SIZE_MAX_KEY = web.AppKey("body_size_max_bytes", int)
 

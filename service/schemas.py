@@ -1,4 +1,5 @@
-"""Edge models shared by every resource: money fields, pages, problems, health answers.
+"""Edge models: money fields, pages, problems, health answers, and the resources' request and
+response bodies (institutions, wallets, transfers, the audit head).
 
 Pydantic checks syntax only (Cosmic Python: syntax at the edge, meaning in the service layer). An
 amount here is text that *looks* like a positive decimal; whether it fits its currency (decimals,
@@ -8,10 +9,15 @@ No float ever holds an amount: a JSON number is refused outright, even ``1.5``.
 
 from __future__ import annotations
 
+import base64
+import datetime
 import re
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
+from uuid import UUID
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from ledger.money import Currency, parse_amount
@@ -137,3 +143,262 @@ class HealthStatus(ResponseModel):
 class ReadinessStatus(ResponseModel):
     status: Literal["ok"] = "ok"
     checks: dict[str, str] = Field(examples=[{"database": "ok", "batcher": "ok"}])
+
+
+# -- resources: shared pieces ------------------------------------------------------------------
+
+PUBLIC_KEY_BYTES = 32
+# Opaque texts an institution chooses: bounded so no one stores a novel in the ledger.
+OWNER_REF_LENGTH_MAX = 128
+NAME_LENGTH_MAX = 200
+# A pending transfer's timeout: at most 30 days (a hold longer than that is not a payment).
+PENDING_TIMEOUT_S_MAX = 30 * 86_400
+TRANSFER_BATCH_SIZE_MAX = 1000
+METADATA_TEXT_LENGTH_MAX = 512  # as compact JSON; the wallets layer keeps it with the transfer
+
+
+def _public_key_text(value: object) -> object:
+    """Base64 (standard alphabet, padded) of a 32-byte Ed25519 public key that is a valid point."""
+    if not isinstance(value, str):
+        return value  # the str type refuses it with its own message
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (ValueError, UnicodeError):
+        raise PydanticCustomError("public_key", "a public key is standard base64 (with padding)") from None
+    if len(raw) != PUBLIC_KEY_BYTES:
+        raise PydanticCustomError(
+            "public_key", "a public key is {size} bytes, this is {got}", {"size": PUBLIC_KEY_BYTES, "got": len(raw)}
+        )
+    try:
+        VerifyKey(raw)
+    except (CryptoError, ValueError):
+        raise PydanticCustomError("public_key", "this is not an Ed25519 public key") from None
+    return value
+
+
+PublicKeyStr = Annotated[
+    str,
+    Field(
+        min_length=44,
+        max_length=44,
+        examples=["11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="],
+        description="Base64 (standard alphabet, padded) of a 32-byte Ed25519 public key.",
+    ),
+    AfterValidator(_public_key_text),
+]
+
+InstitutionId = Annotated[
+    str,
+    Field(
+        pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$",
+        examples=["hk-alphapay"],
+        description="A slug: lowercase letters, digits and inner hyphens, at most 64 characters. Also the key id.",
+    ),
+]
+
+OptionalAmountStr = Annotated[
+    str | None,
+    Field(description="A decimal string with the currency's decimals, or null for no cap.", examples=["10000.00"]),
+]
+
+
+class KeyChange(RequestModel):
+    """An institution key to add or retire."""
+
+    public_key: PublicKeyStr
+
+
+# -- institutions ------------------------------------------------------------------------------
+
+
+class InstitutionCreate(RequestModel):
+    id: InstitutionId
+    name: str = Field(min_length=1, max_length=NAME_LENGTH_MAX)
+    kind: Literal["hk_payment_institution", "sz_acquirer", "settlement_bank", "operator"]
+    public_key: PublicKeyStr
+    net_debit_cap: Money | None = Field(
+        default=None, description="The cap on the institution's net debit position in settlement."
+    )
+
+
+class InstitutionKeyOut(ResponseModel):
+    public_key: str = Field(description="Base64 of the 32-byte Ed25519 public key.")
+    active: bool
+    added_at: datetime.datetime
+    retired_at: datetime.datetime | None = None
+
+
+class InstitutionOut(ResponseModel):
+    """An institution and its signing keys (its key id is its id)."""
+
+    id: str
+    name: str
+    kind: str
+    keys: list[InstitutionKeyOut]
+    created_at: datetime.datetime
+
+
+# -- wallets -----------------------------------------------------------------------------------
+
+
+class MerchantIn(RequestModel):
+    name: str = Field(min_length=1, max_length=NAME_LENGTH_MAX)
+    city: str = Field(min_length=1, max_length=NAME_LENGTH_MAX)
+    category_code: str = Field(pattern=r"^[0-9]{4}$", description="ISO 18245 merchant category code.")
+
+
+class MerchantOut(ResponseModel):
+    name: str
+    city: str
+    category_code: str
+
+
+class WalletCreate(RequestModel):
+    id: UUID | None = Field(default=None, description="The wallet's id (UUIDv7 recommended); made up when absent.")
+    owner_ref: str = Field(min_length=1, max_length=OWNER_REF_LENGTH_MAX, description="The institution's opaque ref.")
+    owner_kind: Literal["person", "merchant"]
+    currency: CurrencyCode
+    tier: int | None = Field(default=None, ge=1, le=4, description="e-CNY category of a CNY personal wallet.")
+    limit_profile: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Limit profile of an HKD personal wallet."
+    )
+    merchant: MerchantIn | None = None
+    identity_hash: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        description="The institution's salted hash of the owner's identity, to match per-person quotas.",
+    )
+
+
+class TierChange(RequestModel):
+    tier: int = Field(ge=1, le=4)
+
+
+class CashMovement(RequestModel):
+    """A deposit or withdrawal between the wallet and its institution's funding account, in the
+    wallet's currency. ``id`` is the idempotency key, as for transfers."""
+
+    id: UUID
+    amount: AmountStr
+
+
+class BalanceOut(ResponseModel):
+    """Decimal strings in the wallet's currency. ``posted``: credits less debits posted;
+    ``available``: posted less outgoing holds (what can be spent); ``pending``: incoming less
+    outgoing holds; ``pending_debits``/``pending_credits``: the holds each way."""
+
+    available: str
+    pending: str
+    posted: str
+    pending_debits: str
+    pending_credits: str
+
+
+class LimitsOut(ResponseModel):
+    """The wallet's caps as decimal strings (null: no cap)."""
+
+    profile: str
+    balance_cap: OptionalAmountStr = None
+    transfer_cap: OptionalAmountStr = None
+    daily_debit_cap: OptionalAmountStr = None
+    annual_debit_cap: OptionalAmountStr = None
+
+
+class WalletOut(ResponseModel):
+    """A wallet as its institution sees it."""
+
+    id: UUID
+    institution_id: str
+    owner_kind: str
+    owner_ref: str
+    currency: str
+    tier: int | None
+    limit_profile: str
+    status: Literal["open", "frozen", "closed"]
+    balance: BalanceOut
+    limits: LimitsOut
+    merchant: MerchantOut | None = None
+    created_at: datetime.datetime
+
+
+# -- transfers ---------------------------------------------------------------------------------
+
+
+class TransferCreate(RequestModel):
+    id: UUID = Field(description="The caller's id for this transfer (UUIDv7 recommended): the idempotency key.")
+    source_wallet_id: UUID
+    target_wallet_id: UUID
+    amount: AmountStr
+    currency: CurrencyCode
+    pending: bool = Field(default=False, description="Hold the amount until posted or voided.")
+    timeout_seconds: int | None = Field(
+        default=None, ge=1, le=PENDING_TIMEOUT_S_MAX, description="A pending transfer's timeout; voided after it."
+    )
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=f"The caller's own JSON object, at most {METADATA_TEXT_LENGTH_MAX} characters as compact JSON.",
+    )
+
+
+class TransferPostRequest(RequestModel):
+    amount: AmountStr | None = Field(default=None, description="Post part of the hold; the whole hold when absent.")
+
+
+class TransferOut(ResponseModel):
+    """A transfer as the calling institution sees it. ``id`` is the caller's own id when the
+    caller made it, else the ledger's (another institution's id is never shown)."""
+
+    id: UUID
+    kind: str = Field(examples=["transfer", "deposit", "withdrawal", "post", "void", "expiry"])
+    status: str = Field(examples=["posted", "pending", "posted_from_pending", "voided", "expired"])
+    source_wallet_id: UUID
+    target_wallet_id: UUID
+    amount: str
+    currency: str
+    created_at: datetime.datetime
+    pending_id: UUID | None = None
+    timeout_seconds: int | None = None
+    expires_at: datetime.datetime | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class StatementLineOut(TransferOut):
+    """A transfer on a wallet's statement and the wallet's balances right after it."""
+
+    side: Literal["debit", "credit"] = Field(description="debit: money left the wallet; credit: it came in.")
+    balance_after: BalanceOut
+
+
+class TransferBatchCreate(RequestModel):
+    transfers: list[TransferCreate] = Field(min_length=1, max_length=TRANSFER_BATCH_SIZE_MAX)
+    atomic: bool = Field(default=False, description="All or none: one refusal refuses every transfer.")
+
+
+class TransferBatchItem(ResponseModel):
+    """One transfer's result: ``status`` is what ``POST /v1/transfers`` would have answered for it,
+    with ``transfer`` on success or ``problem`` on refusal."""
+
+    id: UUID
+    status: int = Field(examples=[201, 200, 422])
+    replayed: bool = False
+    transfer: TransferOut | None = None
+    problem: Problem | None = None
+
+
+class TransferBatchOut(ResponseModel):
+    atomic: bool
+    items: list[TransferBatchItem]
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+class AuditHeadOut(ResponseModel):
+    """The newest sealed block of the journal's hash chain and the key that signs the chain."""
+
+    sequence: int = Field(description="The newest block's sequence number; 0 before the first block.")
+    hash: str | None = Field(description="The block's SHA-256 hash, lowercase hex (64 characters); null before any.")
+    signature: str | None = Field(description="The ledger's Ed25519 signature of the block, base64; null before any.")
+    public_key: str = Field(description="The ledger's Ed25519 public key, base64 of 32 bytes.")
+    created_at: datetime.datetime | None = Field(default=None, description="When the block was sealed.")
