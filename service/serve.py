@@ -30,14 +30,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
-from nacl.signing import VerifyKey
 from rich.console import Console
 
 from service.app import begin_drain, create_app
-from service.auth import VerifiedRequest, verify_aiohttp_request
 from service.config import Settings
-from service.keys import BATCHER_KEY, LEDGER_KEY
-from wallets.service import WalletBook
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +51,10 @@ EXIT_WORKER_FAILED = 1
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-async def authenticate_institution(request: web.Request, body: bytes) -> VerifiedRequest:
-    """The app's authenticator: RFC 9421 signatures checked against the signing institution's
-    active keys, read through the WalletBook over this app's own ledger and batcher."""
-    book = WalletBook(request.app[LEDGER_KEY], request.app[BATCHER_KEY])
-
-    async def resolve_keys(institution_id: str) -> list[VerifyKey]:
-        return [VerifyKey(raw) for raw in await book.active_keys(institution_id)]
-
-    return await verify_aiohttp_request(request, body, resolve_keys=resolve_keys)
-
-
 def build_app(settings: Settings) -> web.Application:
-    return create_app(settings, authenticator=authenticate_institution)
+    """The app with its default authenticator: signatures checked against the institutions' keys
+    (``service.key_resolver``, briefly cached)."""
+    return create_app(settings)
 
 
 async def start(

@@ -301,3 +301,20 @@ async def test_registering_again_with_a_retired_key_is_a_conflict(book):
     await book.retire_key("hk-alphapay", old)
     with pytest.raises(Conflict):
         await book.register_institution("hk-alphapay", HK, "AlphaPay HK", old)
+
+
+async def test_a_refused_post_of_a_hold_does_not_lock_the_hold_against_another_amount(book):
+    """The post's id is the hold's with the amount asked for: the same post replays its answer,
+    another amount is judged afresh."""
+    wallet = await funded(book, 1_000)
+    shop = await merchant(book)
+    hold = pay(wallet, shop, 400, pending=True)
+    await book.transfer("hk-alphapay", hold)
+    await book.set_wallet_status("sz-bank", shop, WalletStatus.FROZEN)
+    refused = await book.post_pending("hk-alphapay", hold.id, 300)
+    assert refused.code is ResultCode.ACCOUNT_FROZEN
+    await book.set_wallet_status("sz-bank", shop, WalletStatus.OPEN)
+    assert (await book.post_pending("hk-alphapay", hold.id, 300)).replayed  # the same post: its first answer
+    assert (await book.post_pending("hk-alphapay", hold.id, 200)).ok
+    again = await book.post_pending("hk-alphapay", hold.id, 100)
+    assert again.code is ResultCode.PENDING_TRANSFER_ALREADY_POSTED

@@ -324,9 +324,13 @@ class WalletBook:
         return outcomes
 
     async def post_pending(self, institution_id: str, client_id: UUID, amount_minor: int | None) -> TransferOutcome:
+        """Post all or part of the caller's hold. The post's id is the hold's id with the amount asked
+        for: the same post again is a replay (a refusal included), while a post of another amount
+        is judged afresh (e.g. ``pending_transfer_already_posted`` once one went through)."""
         pending_id = await self._own_pending(institution_id, client_id)
+        purpose = f"post:{'all' if amount_minor is None else amount_minor}"
         command = TransferCommand.post(
-            scoped_id(institution_id, client_id, "post"), pending_id, amount_minor,
+            scoped_id(institution_id, client_id, purpose), pending_id, amount_minor,
             user_data=Origin(institution_id, client_id, "post").encode(),
         )  # fmt: skip
         return await self._submit_one(institution_id, command)
