@@ -228,6 +228,11 @@ class InstitutionKeyOut(ResponseModel):
     retired_at: datetime.datetime | None = None
 
 
+class MoneyOut(ResponseModel):
+    amount: str = Field(description="A decimal string with the currency's decimals.")
+    currency: str
+
+
 class InstitutionOut(ResponseModel):
     """An institution and its signing keys (its key id is its id)."""
 
@@ -236,6 +241,9 @@ class InstitutionOut(ResponseModel):
     kind: str
     keys: list[InstitutionKeyOut]
     created_at: datetime.datetime
+    net_debit_cap: MoneyOut | None = Field(
+        default=None, description="As registered; settlement refuses payments that would pass it."
+    )
 
 
 # -- wallets -----------------------------------------------------------------------------------

@@ -139,3 +139,17 @@ async def test_only_the_operator_or_the_institution_changes_its_keys(api):
         api.operator, "/v1/institutions/hk-alphapay/keys/retire", {"public_key": Party("z").public_key}
     )
     assert_problem(unknown, 404, "not_found")
+
+
+async def test_a_net_debit_cap_is_kept_as_registered_and_shown(api):
+    party = Party("hk-capped")
+    payload = {"id": party.id, "name": "Capped", "kind": "hk_payment_institution", "public_key": party.public_key}
+    cap = {"amount": "250000.00", "currency": "CNY"}
+    created = await api.post(api.operator, "/v1/institutions", payload | {"net_debit_cap": cap})
+    assert created.status == 201 and created.body["net_debit_cap"] == cap
+    again = await api.post(api.operator, "/v1/institutions", payload | {"net_debit_cap": cap})
+    assert again.status == 200 and again.replayed
+    other = await api.post(api.operator, "/v1/institutions", payload | {"net_debit_cap": cap | {"amount": "1.00"}})
+    assert_problem(other, 409, "exists_with_different_fields")
+    read = await api.get(party, f"/v1/institutions/{party.id}")
+    assert read.body["net_debit_cap"] == cap

@@ -43,18 +43,33 @@ class InstitutionRegistry:
         self.clock = clock
 
     async def register(
-        self, institution_id: str, kind: InstitutionKind, name: str, public_key: bytes, actor: str | None
+        self,
+        institution_id: str,
+        kind: InstitutionKind,
+        name: str,
+        public_key: bytes,
+        actor: str | None,
+        net_debit_cap: tuple[int, str] | None = None,
     ) -> tuple[Institution, bool]:
         _check_registration(institution_id, kind, name, public_key)
+        _check_net_debit_cap(net_debit_cap)
         await self._open_system_accounts(institution_id, actor)
         try:
             async with self.ledger.engine.begin() as conn:
                 existing = await _load(conn, institution_id)
                 if existing is not None:
-                    return _same_or_conflict(existing, kind, name, public_key), False
+                    return _same_or_conflict(existing, kind, name, public_key, net_debit_cap), False
                 now_us = self.clock()
+                cap_minor, cap_currency = net_debit_cap if net_debit_cap is not None else (None, None)
                 await conn.execute(
-                    institutions.insert().values(id=institution_id, kind=kind.value, name=name, created_at_us=now_us)
+                    institutions.insert().values(
+                        id=institution_id,
+                        kind=kind.value,
+                        name=name,
+                        created_at_us=now_us,
+                        net_debit_cap_minor=cap_minor,
+                        net_debit_cap_currency=cap_currency,
+                    )
                 )
                 await conn.execute(
                     institution_keys.insert().values(
@@ -63,7 +78,7 @@ class InstitutionRegistry:
                 )
                 await conn.execute(institution_accounts.insert(), _account_rows(institution_id))
         except IntegrityError:  # registered by another process meanwhile: answer like a retry
-            return _same_or_conflict(await self.get(institution_id), kind, name, public_key), False
+            return _same_or_conflict(await self.get(institution_id), kind, name, public_key, net_debit_cap), False
         return await self.get(institution_id), True
 
     async def _open_system_accounts(self, institution_id: str, actor: str | None) -> None:
@@ -158,6 +173,7 @@ async def _load(conn: AsyncConnection, institution_id: str) -> Institution | Non
     return Institution(
         row.id, InstitutionKind(row.kind), row.name, row.created_at_us, institution_keys_,
         {(a.currency, AccountRole(a.role)): a.account_id for a in accounts},
+        None if row.net_debit_cap_minor is None else (row.net_debit_cap_minor, row.net_debit_cap_currency),
     )  # fmt: skip
 
 
@@ -170,8 +186,19 @@ def _account_rows(institution_id: str) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-def _same_or_conflict(existing: Institution, kind: InstitutionKind, name: str, public_key: bytes) -> Institution:
-    if existing.kind is kind and existing.name == name and public_key in existing.active_keys:
+def _same_or_conflict(
+    existing: Institution,
+    kind: InstitutionKind,
+    name: str,
+    public_key: bytes,
+    net_debit_cap: tuple[int, str] | None,
+) -> Institution:
+    if (
+        existing.kind is kind
+        and existing.name == name
+        and public_key in existing.active_keys
+        and existing.net_debit_cap == net_debit_cap
+    ):
         return existing
     raise Conflict(f"institution {existing.id!r} exists with other fields")
 
@@ -187,6 +214,14 @@ def _check_registration(institution_id: str, kind: InstitutionKind, name: str, p
     if not isinstance(name, str) or not name.strip() or len(name) > NAME_LENGTH_MAX or "\x00" in name:
         raise InvalidRequest(f"name must be text of 1 to {NAME_LENGTH_MAX} characters")
     _check_public_key(public_key)
+
+
+def _check_net_debit_cap(net_debit_cap: tuple[int, str] | None) -> None:
+    if net_debit_cap is None:
+        return
+    amount_minor, currency = net_debit_cap
+    if type(amount_minor) is not int or not 0 <= amount_minor <= 2**63 - 1 or currency not in SYSTEM_CURRENCIES:
+        raise InvalidRequest(f"net_debit_cap is a non-negative amount in one of {', '.join(SYSTEM_CURRENCIES)}")
 
 
 def _check_public_key(public_key: bytes) -> None:

@@ -54,6 +54,8 @@ class Institution:
     keys: tuple[InstitutionKey, ...] = ()
     # (currency, role) -> the ledger account
     accounts: dict[tuple[str, AccountRole], UUID] = field(default_factory=dict)
+    # (amount_minor, currency): the cap on its net debit position in settlement, as registered.
+    net_debit_cap: tuple[int, str] | None = None
 
     @property
     def active_keys(self) -> list[bytes]:

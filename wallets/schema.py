@@ -17,6 +17,9 @@ institutions = sa.Table(
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("name", sa.String(128), nullable=False),
     sa.Column("created_at_us", sa.BigInteger, nullable=False),
+    # The cap on its net debit position in settlement, as registered (settlement enforces it).
+    sa.Column("net_debit_cap_minor", sa.BigInteger, nullable=True),
+    sa.Column("net_debit_cap_currency", sa.String(3), nullable=True),
     sa.CheckConstraint(
         "kind IN ('hk_payment_institution', 'sz_acquirer', 'settlement_bank', 'operator')", name="kind_known"
     ),

@@ -81,11 +81,19 @@ class WalletBook:
     # -- institutions ------------------------------------------------------------------------
 
     async def register_institution(
-        self, institution_id: str, kind: InstitutionKind, name: str, public_key: bytes, *, actor: str | None = None
+        self,
+        institution_id: str,
+        kind: InstitutionKind,
+        name: str,
+        public_key: bytes,
+        *,
+        actor: str | None = None,
+        net_debit_cap: tuple[int, str] | None = None,
     ) -> tuple[Institution, bool]:
         """Register (idempotent: the same fields answer the existing one, created False; other
-        fields raise Conflict). Opens its system accounts (funding, settlement, fees) in CNY and HKD."""
-        return await self.institutions.register(institution_id, kind, name, public_key, actor)
+        fields raise Conflict). Opens its system accounts (funding, settlement, fees) in CNY and HKD.
+        ``net_debit_cap`` (amount_minor, currency) is kept as registered; settlement enforces it."""
+        return await self.institutions.register(institution_id, kind, name, public_key, actor, net_debit_cap)
 
     async def get_institution(self, institution_id: str) -> Institution:
         """Raises NotFound."""

@@ -23,6 +23,8 @@ def upgrade() -> None:
         sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("name", sa.String(128), nullable=False),
         sa.Column("created_at_us", sa.BigInteger, nullable=False),
+        sa.Column("net_debit_cap_minor", sa.BigInteger, nullable=True),
+        sa.Column("net_debit_cap_currency", sa.String(3), nullable=True),
         sa.CheckConstraint(
             "kind IN ('hk_payment_institution', 'sz_acquirer', 'settlement_bank', 'operator')",
             name=op.f("ck_institutions_kind_known"),

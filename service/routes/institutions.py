@@ -11,6 +11,7 @@ import base64
 
 from aiohttp import web
 
+from ledger import Currency, format_amount
 from service.errors_map import wallet_errors
 from service.handlers import read_json
 from service.keys import KEY_RESOLVER_KEY
@@ -28,7 +29,7 @@ from service.routes._common import (
     rfc3339_or_none,
     wallets,
 )
-from service.schemas import InstitutionCreate, InstitutionKeyOut, InstitutionOut, KeyChange, Page
+from service.schemas import InstitutionCreate, InstitutionKeyOut, InstitutionOut, KeyChange, MoneyOut, Page
 from wallets.model import Institution, InstitutionKind
 
 routes = RouteTable(tag="institutions")
@@ -49,7 +50,16 @@ def institution_out(institution: Institution) -> InstitutionOut:
             for key in institution.keys
         ],
         created_at=rfc3339(institution.created_at_us),
+        net_debit_cap=_cap_out(institution.net_debit_cap),
     )
+
+
+def _cap_out(cap: tuple[int, str] | None) -> MoneyOut | None:
+    if cap is None:
+        return None
+    amount_minor, code = cap
+    # A cap is in one of the corridor's system currencies (CNY, HKD), both of exponent 2.
+    return MoneyOut(amount=format_amount(amount_minor, Currency(code, 2)), currency=code)
 
 
 @routes.route(
@@ -65,17 +75,16 @@ def institution_out(institution: Institution) -> InstitutionOut:
 async def create_institution(request: web.Request) -> web.Response:
     operator = await require_operator(request)
     body = await read_json(request, InstitutionCreate)
+    net_debit_cap = None
     if body.net_debit_cap is not None:
         currency = await currency_named(request, body.net_debit_cap.currency, pointer="#/net_debit_cap/currency")
-        minor_units(body.net_debit_cap.amount, currency, pointer="#/net_debit_cap/amount")
-        # The wallets layer has nowhere to keep a net debit cap yet: refused rather than ignored,
-        # since a cap silently dropped would leave the institution's exposure unbounded.
-        detail = "net_debit_cap cannot be set by this server yet; register without it"
-        raise ProblemError("invalid_request", detail, 422, errors=[{"pointer": "#/net_debit_cap", "detail": detail}])
+        cap_minor = minor_units(body.net_debit_cap.amount, currency, pointer="#/net_debit_cap/amount")
+        net_debit_cap = (cap_minor, currency.code)
     with wallet_errors():
         institution, created = await wallets(request).register_institution(
-            body.id, InstitutionKind(body.kind), body.name, base64.b64decode(body.public_key), actor=operator.id
-        )
+            body.id, InstitutionKind(body.kind), body.name, base64.b64decode(body.public_key), actor=operator.id,
+            net_debit_cap=net_debit_cap,
+        )  # fmt: skip
     request.app[KEY_RESOLVER_KEY].forget(institution.id)
     return created_or_replayed(institution_out(institution), created)
 
