@@ -6,7 +6,8 @@
     ledger serve            serve the HTTP API (--host, --port, --workers N on PostgreSQL)
     ledger institutions     add, list, rotate-key: institutions and their keys (--json)
     ledger wallets show     one wallet of an institution (--json)
-    ledger demo             seed a small Shenzhen merchant corridor and run payments through it
+    ledger demo             init, serve the API in this process, and run a small corridor through it
+                            as the operator and two institutions (signed requests, LedgerClient)
     ledger audit verify     recompute the audit chain, signatures and balances (--anchor SEQ:HASH)
     ledger audit head       print the newest block as SEQ:HASH, to record outside the ledger
 
@@ -23,7 +24,6 @@ import base64
 import contextlib
 import datetime
 import json
-import random
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,21 +38,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from ledger import (
-    AccountFlags,
-    AccountSpec,
     Batcher,
     Ledger,
     LedgerError,
     LedgerKeyMismatch,
-    Limits,
-    TransferCommand,
     format_amount,
-    parse_amount,
 )
 from ledger.audit import Anchor, newest_anchor, verify_audit
-from ledger.batcher import QUEUE_DEPTH_MAX_DEFAULT
 from ledger.db import async_url, create_engine, migrate
-from ledger.ids import uuid7
 from ledger.keys import (
     load_or_create_signing_key,
     public_key_text,
@@ -69,6 +62,8 @@ from wallets.model import Institution, InstitutionKind, Wallet
 from wallets.service import WalletBook
 
 CNY = Currency("CNY", 2)
+DEMO_PAYMENTS_DEFAULT = 5_000
+DEMO_PAYMENTS_MAX = 200_000
 
 
 OPERATOR_ID = "operator"
@@ -257,147 +252,10 @@ async def audit_verify(
 
 
 async def demo(settings: Settings, console: Console, payments: int) -> int:
-    """Seed a merchant and e-CNY wallets of three categories, and run payments through the batcher."""
-    if (code := await prepare_ledger(settings, console)) != 0:  # the demo works on the core: no operator
-        return code
-    key, _ = load_or_create_signing_key(settings.signing_key_path)
-    ledger = Ledger(create_engine(settings.database_url), key)
-    try:
-        return await _demo_story(ledger, console, payments)
-    finally:
-        await ledger.close()
+    """A small corridor through the HTTP API, served in this process (``service.demo``)."""
+    from service import demo as demo_module  # it imports init and the key paths from here
 
-
-async def _demo_story(ledger: Ledger, console: Console, payments: int) -> int:
-    def cny(text: str) -> int:
-        return parse_amount(text, CNY)
-
-    wallet = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
-    issuance, merchant = uuid7(), uuid7()
-    # e-CNY wallet categories as limit profiles (DOMAIN.md): 4 = phone number only, 2 = bank-linked.
-    category_4, category_2, category_1 = uuid7(), uuid7(), uuid7()
-    payers = [uuid7() for _ in range(200)]
-    named = {
-        issuance: "e-CNY issuance (operator funding)",
-        merchant: "Shenzhen merchant: Futian Dim Sum House",
-        category_4: "wallet, category 4 (phone only)",
-        category_2: "wallet, category 2 (bank-linked)",
-        category_1: "wallet, category 1 (full KYC)",
-    }
-    await ledger.create_accounts(
-        [
-            AccountSpec(issuance, "CNY", "funding"),
-            AccountSpec(merchant, "CNY", "merchant", owner_ref="mch-futian-001", flags=wallet),
-            AccountSpec(
-                category_4,
-                "CNY",
-                "wallet",
-                owner_ref="hk-cust-4",
-                flags=wallet,
-                limits=Limits(cny("10000"), cny("2000"), cny("5000"), cny("50000")),
-            ),
-            AccountSpec(
-                category_2,
-                "CNY",
-                "wallet",
-                owner_ref="hk-cust-2",
-                flags=wallet,
-                limits=Limits(cny("500000"), cny("50000"), cny("100000"), None),
-            ),
-            AccountSpec(category_1, "CNY", "wallet", owner_ref="hk-cust-1", flags=wallet),
-            *[
-                AccountSpec(payer, "CNY", "wallet", owner_ref=f"payer-{n}", flags=wallet)
-                for n, payer in enumerate(payers)
-            ],
-        ]
-    )
-    story = Table(title="What happened", show_lines=False)
-    for column in ("step", "result"):
-        story.add_column(column)
-
-    # The burst is handed in at once: the queue must hold it (the default bound is 50,000).
-    async with Batcher(ledger, queue_depth_max=max(QUEUE_DEPTH_MAX_DEFAULT, payments)) as batcher:
-
-        async def run(step: str, *commands: TransferCommand) -> None:
-            results = await batcher.submit_many(commands)
-            outcomes = [("replayed ok" if r.replayed else r.code.value) for r in results]
-            if len(set(outcomes)) == 1 and len(outcomes) > 3:
-                story.add_row(step, f"{len(outcomes)} x {outcomes[0]}")
-            else:
-                story.add_row(step, ", ".join(outcomes))
-
-        deposits = [
-            TransferCommand.posted(uuid7(), issuance, account, cny(amount), "CNY")
-            for account, amount in ((category_4, "3000"), (category_2, "20000"), (category_1, "50000"))
-        ]
-        await run("top up three wallets from issuance", *deposits)
-        lunch = TransferCommand.posted(uuid7(), category_4, merchant, cny("128.50"), "CNY", user_data="order 8841")
-        await run("category 4 wallet pays 128.50 for lunch", lunch)
-        await run("the same payment retried (same id)", lunch)
-        await run(
-            "category 4 wallet tries 2,500.00 (cap 2,000 per payment)",
-            TransferCommand.posted(uuid7(), category_4, merchant, cny("2500"), "CNY"),
-        )
-        await run(
-            "category 1 wallet tries 80,000.00 (holds 50,000)",
-            TransferCommand.posted(uuid7(), category_1, merchant, cny("80000"), "CNY"),
-        )
-        hold = uuid7()
-        await run(
-            "hotel holds 1,000.00 on the category 2 wallet",
-            TransferCommand.pending(hold, category_2, merchant, cny("1000"), "CNY", timeout_s=3600),
-        )
-        await run("hotel captures 860.00 at check-out (rest released)", TransferCommand.post(uuid7(), hold, cny("860")))
-        await run(
-            "a linked pair whose second breaks its cap: neither happens",
-            *(
-                TransferCommand.posted(uuid7(), category_1, merchant, cny("10"), "CNY", linked=True),
-                TransferCommand.posted(uuid7(), category_4, merchant, cny("99999"), "CNY"),
-            ),
-        )
-        await run(
-            "fund 200 payer wallets",
-            *[TransferCommand.posted(uuid7(), issuance, payer, cny("5000"), "CNY") for payer in payers],
-        )
-        rng = random.Random(2026)
-        burst = [
-            TransferCommand.posted(uuid7(), rng.choice(payers), merchant, rng.randint(1, 2000), "CNY")
-            for _ in range(payments)
-        ]
-        started = time.perf_counter()
-        batches_before = batcher.batches_committed
-        results = await asyncio.gather(*(batcher.submit(command) for command in burst))
-        elapsed = time.perf_counter() - started
-        ok = sum(result.ok for result in results)
-        story.add_row(
-            f"{payments:,} concurrent payments into the merchant",
-            f"{ok:,} ok in {batcher.batches_committed - batches_before} batches, {elapsed:.2f} s "
-            f"({payments / elapsed:,.0f} transfers/s)",
-        )
-    console.print(story)
-
-    balances = Table(title="Balances (CNY)")
-    for column, justify in (("account", "left"), ("posted", "right"), ("on hold", "right"), ("available", "right")):
-        balances.add_column(column, justify=justify)
-    found = await ledger.get_accounts(list(named))
-    for account_id, label in named.items():
-        b = found[account_id].balances
-        balances.add_row(
-            label,
-            format_amount(b.credits_posted - b.debits_posted, CNY),
-            format_amount(b.debits_pending + b.credits_pending, CNY),
-            format_amount(b.available_minor, CNY),
-        )
-    console.print(balances)
-    report = await ledger.verify_audit()
-    if report.ok:
-        console.print(
-            f"[green]audit chain verified[/]: {report.blocks_checked} signed blocks, "
-            f"{report.transfers_checked} transfers, {report.accounts_checked} accounts"
-        )
-        return 0
-    console.print(f"[red]audit verification failed[/]: {report.problems}")
-    return 1
+    return await demo_module.run(settings, console, payments)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -634,8 +492,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser("migrate", help="migrate the database to the latest schema")
     _add_serve_parser(commands)
-    demo_parser = commands.add_parser("demo", help="seed a small corridor and run payments through it")
-    demo_parser.add_argument("--payments", type=int, default=5_000, help="concurrent payments in the burst")
+    demo_parser = commands.add_parser(
+        "demo", help="init, serve the API in this process and run a small corridor through it as signed clients"
+    )
+    demo_parser.add_argument(
+        "--payments",
+        type=_bounded_int(0, DEMO_PAYMENTS_MAX),
+        default=DEMO_PAYMENTS_DEFAULT,
+        help=f"signed transfers in the concurrent burst (default {DEMO_PAYMENTS_DEFAULT:,}; 0: none)",
+    )
     audit = commands.add_parser("audit", help="audit chain")
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     verify = audit_commands.add_parser("verify", help="recompute the chain, its signatures and every balance")

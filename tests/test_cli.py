@@ -336,3 +336,80 @@ async def test_wallets_show_prints_balances_and_limits_of_the_institutions_own_w
     assert captured.out == "" and "not_found" in captured.err  # nothing a script could take for a wallet
     with pytest.raises(SystemExit):
         cli.main(["wallets", "show", "not-a-uuid", "--institution", "hk-alphapay"])
+
+
+# -- the demo runs through the HTTP API -------------------------------------------------------
+
+
+def wide() -> Console:
+    return Console(file=io.StringIO(), width=400)  # table cells and paths unwrapped
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of every rich table row printed, stripped."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]] for line in output.splitlines() if line.startswith("│")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_demo_runs_the_corridor_through_the_api_and_keeps_the_institutions_keys(settings):
+    console = wide()
+    assert await cli.demo(settings, console, payments=25) == 0
+    output = console.file.getvalue()
+    assert "API started in this process at http://127.0.0.1:" in output
+    for institution_id in ("hk-alphapay", "sz-bank"):
+        path = settings.data_dir / f"{institution_id}.key"
+        assert path.stat().st_mode & 0o777 == 0o600
+        read_signing_key(path)  # a base64 seed, as operator.key
+        assert f"key of {institution_id!r} created: {path}" in output
+    assert output.count("registered (201)") == 2
+    assert "201 ecny-4: transfer cap 2000.00" in output and "201 svf-basic: balance cap 3000.00" in output
+    assert "200, Idempotent-Replayed: true, the same transfer" in output
+    rows = table_rows(output)
+    assert ["hk-alphapay", "POST /v1/transfers 2,500.00 CNY (tier 4 cap: 2,000.00)", "422 limit_exceeded"] in rows
+    assert "422 limit_exceeded, Idempotent-Replayed: true, the same problem" in output
+    assert "201 pending, 900 s" in output and "posted_from_pending, 140.00 released" in output
+    # Balances: 3,000 in, 128.50 paid, 860 of the 1,000 hold posted; the merchant got both.
+    balances = {row[0]: row[1:] for row in rows if len(row) == 7}
+    assert balances["e-CNY personal"] == ["hk-alphapay", "ecny-4", "CNY", "2011.50", "0.00", "2011.50"]
+    assert balances["HKD personal"] == ["hk-alphapay", "svf-basic", "HKD", "800.00", "0.00", "800.00"]
+    assert balances["merchant: Futian Dim Sum House"] == ["sz-bank", "merchant", "CNY", "988.50", "0.00", "988.50"]
+    assert "Statement of the merchant wallet" in output
+    assert "25 posted in" in output and "requests/s" in output
+    assert "burst refusals" not in output
+    assert f"--key-id hk-alphapay --key-file {settings.data_dir / 'hk-alphapay.key'}" in output
+    assert "audit chain verified" in output
+    assert await cli.audit_verify(settings, quiet(), public_key=None) == 0
+
+    keys = {path.name: path.read_text() for path in settings.data_dir.glob("*.key")}
+    again = wide()
+    assert await cli.demo(settings, again, payments=5) == 0  # new ids, the same registrations
+    output = again.file.getvalue()
+    assert output.count("already registered (200, Idempotent-Replayed)") == 2
+    assert "key of 'hk-alphapay' kept" in output and "audit chain verified" in output
+    assert {path.name: path.read_text() for path in settings.data_dir.glob("*.key")} == keys
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_demo_with_an_institution_key_that_is_not_the_registered_one_says_so(settings):
+    assert await cli.demo(settings, quiet(), payments=0) == 0
+    path = settings.data_dir / "sz-bank.key"
+    path.write_text(public_key_text(SigningKey.generate()) + "\n")  # another 32-byte seed
+    console = wide()
+    assert await cli.demo(settings, console, payments=0) == 2
+    assert f"'sz-bank' is registered with another key than the one in {path}" in console.file.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_demo_needs_the_operators_private_key(settings):
+    assert await cli.init(settings, quiet(), operator_public_key=key_text()) == 0
+    console = wide()
+    assert await cli.demo(settings, console, payments=0) == 2
+    assert "the demo signs as the operator" in console.file.getvalue()
+
+
+def test_demo_refuses_a_negative_burst(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--payments", "-1"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "data").exists()
