@@ -1,10 +1,11 @@
 """Print the headers that sign one request, for curl: ``python -m service.sign POST URL --data-file body.json``.
 
-    curl -X POST https://ledger.example/v1/transfers --data-binary @body.json \\
+    eval "curl -X POST https://ledger.example/v1/transfers --data-binary @body.json \\
         $(python -m service.sign POST https://ledger.example/v1/transfers \\
-              --key-id hk-alphapay --key-file hk-alphapay.key --data-file body.json)
+              --key-id hk-alphapay --key-file hk-alphapay.key --data-file body.json)"
 
-The output is shell-quoted ``-H`` arguments; use them within 300 s (the signature's ``created`` window).
+The output is shell-quoted ``-H`` arguments, hence ``eval`` (without it the quotes reach curl as text); use
+them within 300 s (the signature's ``created`` window).
 The body must be sent byte for byte as signed, hence ``--data-binary`` (``-d`` would strip newlines).
 """
 
