@@ -34,6 +34,7 @@ OBLIGATIONS_PER_NETTING_MAX = 10_000_000
 # The saving ratio is a report figure, not money: four places is a hundredth of a percent.
 LIQUIDITY_SAVING_RATIO_DECIMAL_PLACES = 4
 
+_RATIO_QUANTUM = Decimal(1).scaleb(-LIQUIDITY_SAVING_RATIO_DECIMAL_PLACES)
 _CURRENCY_CODE = re.compile(r"[A-Z]{3}")
 
 Direction = Literal["pay", "receive", "flat"]
@@ -155,7 +156,8 @@ class CurrencyNetting:
         scaled = round(
             Fraction(self.liquidity_saved_minor * 10**LIQUIDITY_SAVING_RATIO_DECIMAL_PLACES, self.gross_total_minor)
         )
-        return Decimal(scaled).scaleb(-LIQUIDITY_SAVING_RATIO_DECIMAL_PLACES)
+        # quantize keeps the places in the text: 0 is "0.0000", not "0E-4".
+        return Decimal(scaled).scaleb(-LIQUIDITY_SAVING_RATIO_DECIMAL_PLACES).quantize(_RATIO_QUANTUM)
 
     def position(self, participant: str) -> NetPosition:
         """The participant's position; a participant with no obligations here is flat."""

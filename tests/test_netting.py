@@ -164,11 +164,13 @@ def test_a_balanced_circle_nets_to_nothing_and_needs_no_instruction():
     assert [p.direction for p in cny.positions] == ["flat"] * 3
     assert cny.instructions == ()
     assert (cny.gross_total_minor, cny.net_total_minor, cny.liquidity_saving_ratio) == (300, 0, Decimal("1.0000"))
+    assert str(cny.liquidity_saving_ratio) == "1.0000"
 
 
 def test_a_single_obligation_saves_nothing():
     cny = net([Obligation(ALPHA, FUTIAN, "CNY", 1)]).for_currency("CNY")
     assert (cny.gross_total_minor, cny.net_total_minor, cny.liquidity_saving_ratio) == (1, 1, Decimal("0.0000"))
+    assert str(cny.liquidity_saving_ratio) == "0.0000"  # four places, not "0E-4"
     assert cny.instructions == (
         SettlementInstruction(ALPHA, BANK, "CNY", 1),
         SettlementInstruction(BANK, FUTIAN, "CNY", 1),
