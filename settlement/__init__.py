@@ -1,1 +1,2 @@
-"""settlement layer: built in its own issue (see ../shared/DESIGN.md)."""
+"""settlement layer (see ../shared/DESIGN.md). So far its pure parts: ``fx`` (customer rates, quote
+amounts, refunds, canonical quote bytes) and ``netting`` (multilateral nets, instructions, unwinding)."""
