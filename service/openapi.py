@@ -49,6 +49,10 @@ SIGNED_PROBLEMS = ("signature_missing", "signature_invalid", "signature_expired"
 SIGNED_BODY_PROBLEMS = ("content_digest_mismatch",)
 # Problems any route with a body can answer (read_json's checks).
 BODY_PROBLEMS = ("invalid_request", "payload_too_large")
+# Methods that may carry a body: a body that is not JSON, or a route's missing one, answers 415
+# (``middlewares.body_limit_middleware`` for every such route, ``read_json`` for those with a model).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+BODY_METHOD_PROBLEMS = ((415, "invalid_request"),)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,9 @@ class RouteTable:
                     summary=summary,
                     request=request,
                     responses=dict(responses),
-                    problems=_problem_pairs(problems, has_body=request is not None, signed=is_v1),
+                    problems=_problem_pairs(
+                        problems, has_body=request is not None, signed=is_v1, body_method=method.upper() in BODY_METHODS
+                    ),
                     signed=is_v1,
                     tags=(self.tag,) if self.tag else (),
                     description=description,
@@ -125,9 +131,12 @@ class RouteTable:
         return register
 
 
-def _problem_pairs(problems: Iterable[str | tuple[int, str]], *, has_body: bool, signed: bool) -> tuple:
+def _problem_pairs(
+    problems: Iterable[str | tuple[int, str]], *, has_body: bool, signed: bool, body_method: bool = False
+) -> tuple:
     codes: list[str | tuple[int, str]] = list(problems)
     codes += BODY_PROBLEMS if has_body else ()
+    codes += BODY_METHOD_PROBLEMS if body_method else ()
     codes += SIGNED_PROBLEMS if signed else ()
     codes += SIGNED_BODY_PROBLEMS if signed and has_body else ()
     pairs: list[tuple[int, str]] = []

@@ -407,7 +407,7 @@ async def test_openapi_is_valid_3_1_and_lists_routes_with_their_problems(client)
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SampleTransferIn"
     }
-    assert set(operation["responses"]) == {"201", "400", "401", "413"}
+    assert set(operation["responses"]) == {"201", "400", "401", "413", "415"}
     bad_request = operation["responses"]["400"]["content"]["application/problem+json"]
     assert set(bad_request["examples"]) == {"invalid_amount", "invalid_request", "content_digest_mismatch"}
     assert operation["security"] == [{"httpMessageSignature": []}]
