@@ -302,17 +302,40 @@ def swagger_ui_directory() -> Path:
     return Path(swagger_ui_bundle.swagger_ui_path)
 
 
+# The served document and the docs page, as bytes, made once by ``add_docs_routes``.
+_DOCS_KEY = web.AppKey("openapi_docs", tuple)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCS_KEY][0], content_type="application/json")
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCS_KEY][1], content_type="text/html", charset="utf-8")
+
+
+_docs_table = RouteTable(tag="operations")
+_docs_table.route(
+    "GET",
+    "/openapi.json",
+    summary="This OpenAPI 3.1 document",
+    responses={200: RawResponse("application/json", "The OpenAPI 3.1 document", {"type": "object"})},
+)(openapi_json)
+_docs_table.route(
+    "GET",
+    "/docs",
+    summary="Swagger UI over this document",
+    responses={200: RawResponse("text/html", "The Swagger UI page")},
+)(docs)
+# ``/openapi.json`` and ``/docs`` as routes, so that the document describes them too: pass them to
+# ``build_openapi`` beside the routes of the app that ``add_docs_routes`` serves them in.
+DOCS_SPECS: tuple[RouteSpec, ...] = tuple(_docs_table.specs)
+
+
 def add_docs_routes(app: web.Application, document: Mapping[str, Any]) -> None:
-    """``/openapi.json`` and ``/docs`` (with its static files under ``/docs/static/``)."""
+    """``/openapi.json`` and ``/docs`` (``DOCS_SPECS``, with the page's static files under ``/docs/static/``)."""
     document_bytes = json.dumps(document, ensure_ascii=False).encode()
     page = DOCS_HTML.format(title=document["info"]["title"]).encode()
-
-    async def openapi_json(_request: web.Request) -> web.Response:
-        return web.Response(body=document_bytes, content_type="application/json")
-
-    async def docs(_request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
-
-    app.router.add_get("/openapi.json", openapi_json, name="openapi_json")
-    app.router.add_get("/docs", docs, name="docs")
+    app[_DOCS_KEY] = (document_bytes, page)
+    add_routes(app, DOCS_SPECS)
     app.router.add_static("/docs/static", swagger_ui_directory(), name="docs_static")

@@ -427,6 +427,16 @@ def test_a_route_cannot_lie_about_being_signed():
         table.route("GET", "/v1/x", summary="x", responses={200: None}, problems=["nope"])(raise_for_test)
 
 
+async def test_the_document_describes_itself_and_the_docs_page(client):
+    # Found by tests/test_api_schemathesis.py: /openapi.json and /docs were served but not described,
+    # so a run against the document never reached them.
+    document = await (await client.get("/openapi.json")).json()
+    own = document["paths"]["/openapi.json"]["get"]
+    assert own["security"] == [] and set(own["responses"]["200"]["content"]) == {"application/json"}
+    page = document["paths"]["/docs"]["get"]
+    assert page["security"] == [] and set(page["responses"]["200"]["content"]) == {"text/html"}
+
+
 async def test_docs_are_served_offline(client):
     response = await client.get("/docs")
     assert response.status == 200 and response.content_type == "text/html"
