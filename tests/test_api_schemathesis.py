@@ -76,8 +76,8 @@ SERVER_START_TIMEOUT_S = 30.0
 
 # The parties and resources, fixed so that the generation hooks can name them on every database.
 OPERATOR = Party("operator")
-ALPHA = Party("hk-alphapay")  # signs every /v1/ request but the institutions'
-BETA = Party("sz-betapay")
+ALPHA = Party("hk-alphapay")  # signs wallets, transfers and the audit head
+BETA = Party("sz-betapay")  # signs key rotation only
 ALPHA_CNY = uuid.UUID("019a0000-0000-7000-8000-000000000001")  # funded
 ALPHA_CNY_EMPTY = uuid.UUID("019a0000-0000-7000-8000-000000000002")
 ALPHA_HKD = uuid.UUID("019a0000-0000-7000-8000-000000000003")  # funded
@@ -206,8 +206,14 @@ class SignedBy(requests.auth.AuthBase):
 
 
 def signer_for(path: str) -> Party | None:
+    """Who signs an operation's requests. Key rotation is signed by ``sz-betapay``, which may change
+    only its own keys and signs nothing else: schemathesis learns public keys from responses, and
+    with the operator's signature it retired the operator's own key, after which every later
+    operator request answered 401 and the run reached nothing behind them."""
     if not path.startswith("/v1/"):
         return None
+    if path.startswith("/v1/institutions/{id}/keys"):
+        return BETA
     return OPERATOR if path.startswith("/v1/institutions") else ALPHA
 
 
@@ -215,8 +221,7 @@ def signer_for(path: str) -> Party | None:
 
 
 class RequestSigner:
-    """RFC 9421 for every /v1/ operation: the operator for institutions, ``hk-alphapay`` for the rest;
-    unsigned operations get nothing."""
+    """RFC 9421 for every /v1/ operation, by ``signer_for``'s party; unsigned operations get nothing."""
 
     def get(self, case, context) -> Party | None:
         return signer_for(context.operation.path)
