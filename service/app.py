@@ -41,7 +41,7 @@ from service.keys import (
 )
 from service.metrics import ServiceMetrics
 from service.middlewares import MIDDLEWARES, error_middleware
-from service.openapi import SIGNED_PATH_PREFIX, RouteTable, add_docs_routes, add_routes, build_openapi
+from service.openapi import DOCS_SPECS, SIGNED_PATH_PREFIX, RouteTable, add_docs_routes, add_routes, build_openapi
 from service.problems import ProblemError
 from service.routes import ROUTE_TABLES
 from wallets.service import WalletBook
@@ -118,7 +118,7 @@ def create_app(
     app.cleanup_ctx.append(_wallets_context)
     specs = [spec for table in (*ROUTE_TABLES, *route_tables) for spec in table.specs]
     add_routes(app, specs)
-    add_docs_routes(app, build_openapi(specs, title=API_TITLE, version=_version()))
+    add_docs_routes(app, build_openapi([*specs, *DOCS_SPECS], title=API_TITLE, version=_version()))
     return app
 
 

@@ -25,7 +25,7 @@ from ledger.ids import uuid7
 from service.handlers import is_json_content_type, read_body, too_large
 from service.keys import AUTHENTICATOR_KEY, BODY_SIZE_MAX_KEY, CALLER_KEY, METRICS_KEY, REQUEST_ID_KEY
 from service.metrics import route_template
-from service.openapi import SIGNED_PATH_PREFIX
+from service.openapi import BODY_METHODS, SIGNED_PATH_PREFIX
 from service.problems import (
     ProblemError,
     http_exception_problem,
@@ -41,7 +41,6 @@ log = logging.getLogger(__name__)
 REQUEST_ID_HEADER = "X-Request-Id"
 # A client's id is echoed only if it is short and plain: it ends up in logs and headers.
 CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 @web.middleware

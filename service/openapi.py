@@ -49,6 +49,10 @@ SIGNED_PROBLEMS = ("signature_missing", "signature_invalid", "signature_expired"
 SIGNED_BODY_PROBLEMS = ("content_digest_mismatch",)
 # Problems any route with a body can answer (read_json's checks).
 BODY_PROBLEMS = ("invalid_request", "payload_too_large")
+# Methods that may carry a body: a body that is not JSON, or a route's missing one, answers 415
+# (``middlewares.body_limit_middleware`` for every such route, ``read_json`` for those with a model).
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+BODY_METHOD_PROBLEMS = ((415, "invalid_request"),)
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,9 @@ class RouteTable:
                     summary=summary,
                     request=request,
                     responses=dict(responses),
-                    problems=_problem_pairs(problems, has_body=request is not None, signed=is_v1),
+                    problems=_problem_pairs(
+                        problems, has_body=request is not None, signed=is_v1, body_method=method.upper() in BODY_METHODS
+                    ),
                     signed=is_v1,
                     tags=(self.tag,) if self.tag else (),
                     description=description,
@@ -125,9 +131,12 @@ class RouteTable:
         return register
 
 
-def _problem_pairs(problems: Iterable[str | tuple[int, str]], *, has_body: bool, signed: bool) -> tuple:
+def _problem_pairs(
+    problems: Iterable[str | tuple[int, str]], *, has_body: bool, signed: bool, body_method: bool = False
+) -> tuple:
     codes: list[str | tuple[int, str]] = list(problems)
     codes += BODY_PROBLEMS if has_body else ()
+    codes += BODY_METHOD_PROBLEMS if body_method else ()
     codes += SIGNED_PROBLEMS if signed else ()
     codes += SIGNED_BODY_PROBLEMS if signed and has_body else ()
     pairs: list[tuple[int, str]] = []
@@ -293,17 +302,40 @@ def swagger_ui_directory() -> Path:
     return Path(swagger_ui_bundle.swagger_ui_path)
 
 
+# The served document and the docs page, as bytes, made once by ``add_docs_routes``.
+_DOCS_KEY = web.AppKey("openapi_docs", tuple)
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCS_KEY][0], content_type="application/json")
+
+
+async def docs(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_DOCS_KEY][1], content_type="text/html", charset="utf-8")
+
+
+_docs_table = RouteTable(tag="operations")
+_docs_table.route(
+    "GET",
+    "/openapi.json",
+    summary="This OpenAPI 3.1 document",
+    responses={200: RawResponse("application/json", "The OpenAPI 3.1 document", {"type": "object"})},
+)(openapi_json)
+_docs_table.route(
+    "GET",
+    "/docs",
+    summary="Swagger UI over this document",
+    responses={200: RawResponse("text/html", "The Swagger UI page")},
+)(docs)
+# ``/openapi.json`` and ``/docs`` as routes, so that the document describes them too: pass them to
+# ``build_openapi`` beside the routes of the app that ``add_docs_routes`` serves them in.
+DOCS_SPECS: tuple[RouteSpec, ...] = tuple(_docs_table.specs)
+
+
 def add_docs_routes(app: web.Application, document: Mapping[str, Any]) -> None:
-    """``/openapi.json`` and ``/docs`` (with its static files under ``/docs/static/``)."""
+    """``/openapi.json`` and ``/docs`` (``DOCS_SPECS``, with the page's static files under ``/docs/static/``)."""
     document_bytes = json.dumps(document, ensure_ascii=False).encode()
     page = DOCS_HTML.format(title=document["info"]["title"]).encode()
-
-    async def openapi_json(_request: web.Request) -> web.Response:
-        return web.Response(body=document_bytes, content_type="application/json")
-
-    async def docs(_request: web.Request) -> web.Response:
-        return web.Response(body=page, content_type="text/html", charset="utf-8")
-
-    app.router.add_get("/openapi.json", openapi_json, name="openapi_json")
-    app.router.add_get("/docs", docs, name="docs")
+    app[_DOCS_KEY] = (document_bytes, page)
+    add_routes(app, DOCS_SPECS)
     app.router.add_static("/docs/static", swagger_ui_directory(), name="docs_static")

@@ -99,6 +99,24 @@ async def test_a_body_that_is_not_json_is_415(api):
     assert_problem(answer, 415, "invalid_request")
 
 
+async def test_every_415_is_declared_in_the_document(api):
+    # Found by tests/test_api_schemathesis.py: a POST without a body, or with a body that is not JSON
+    # (to a route that takes none too), answers 415, which /openapi.json did not declare.
+    alpha = await api.institution("hk-alphapay")
+    wallet = await api.wallet(alpha)
+    no_body = await api.post(alpha, "/v1/transfers")
+    text_body = await api.post(
+        alpha, f"/v1/wallets/{wallet['id']}/freeze", body=b"please", headers={"Content-Type": "text/plain"}
+    )
+    assert_problem(no_body, 415, "invalid_request")
+    assert_problem(text_body, 415, "invalid_request")
+    async with api.client.get("/openapi.json") as response:
+        paths = (await response.json())["paths"]
+    for path, item in paths.items():
+        for method, operation in item.items():
+            assert ("415" in operation["responses"]) == (method == "post"), (method, path)
+
+
 async def test_unknown_fields_are_refused_with_their_pointer(api):
     alpha = await api.institution("hk-alphapay")
     answer = await api.post(alpha, "/v1/wallets", {"owner_ref": "c", "owner_kind": "person", "currency": "CNY", "x": 1})

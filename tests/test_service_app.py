@@ -407,7 +407,7 @@ async def test_openapi_is_valid_3_1_and_lists_routes_with_their_problems(client)
     assert operation["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SampleTransferIn"
     }
-    assert set(operation["responses"]) == {"201", "400", "401", "413"}
+    assert set(operation["responses"]) == {"201", "400", "401", "413", "415"}
     bad_request = operation["responses"]["400"]["content"]["application/problem+json"]
     assert set(bad_request["examples"]) == {"invalid_amount", "invalid_request", "content_digest_mismatch"}
     assert operation["security"] == [{"httpMessageSignature": []}]
@@ -425,6 +425,16 @@ def test_a_route_cannot_lie_about_being_signed():
         table.route("GET", "/v1/x", summary="x", responses={200: None}, signed=False)
     with pytest.raises(ValueError, match="unknown problem code"):
         table.route("GET", "/v1/x", summary="x", responses={200: None}, problems=["nope"])(raise_for_test)
+
+
+async def test_the_document_describes_itself_and_the_docs_page(client):
+    # Found by tests/test_api_schemathesis.py: /openapi.json and /docs were served but not described,
+    # so a run against the document never reached them.
+    document = await (await client.get("/openapi.json")).json()
+    own = document["paths"]["/openapi.json"]["get"]
+    assert own["security"] == [] and set(own["responses"]["200"]["content"]) == {"application/json"}
+    page = document["paths"]["/docs"]["get"]
+    assert page["security"] == [] and set(page["responses"]["200"]["content"]) == {"text/html"}
 
 
 async def test_docs_are_served_offline(client):
