@@ -70,7 +70,7 @@ def _cap_out(cap: tuple[int, str] | None) -> MoneyOut | None:
     "`Idempotent-Replayed: true`; with other fields 409 `exists_with_different_fields`.",
     request=InstitutionCreate,
     responses={201: InstitutionOut, 200: InstitutionOut},
-    problems=["forbidden", "exists_with_different_fields", "invalid_amount", (422, "invalid_request")],
+    problems=["forbidden", "exists_with_different_fields", "invalid_amount"],
 )
 async def create_institution(request: web.Request) -> web.Response:
     operator = await require_operator(request)
