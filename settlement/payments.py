@@ -25,7 +25,8 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from ledger import Batcher, Ledger, ResultCode, TransferCommand, TransferResult
-from settlement.windows import SETTLEMENT_CURRENCY, WindowBook, WindowClosed
+from settlement.liquidity import LiquidityDesk
+from settlement.windows import SETTLEMENT_CURRENCY, WindowClosed
 from wallets.errors import InvalidRequest, NotFound
 from wallets.ids import Origin, scoped_id
 from wallets.model import AccountRole, InstitutionKind, OwnerKind
@@ -87,12 +88,18 @@ class PaymentOutcome:
 
 class PaymentDesk:
     def __init__(
-        self, ledger: Ledger, batcher: Batcher, wallets: WalletBook, windows: WindowBook, quotes: QuoteLookup
+        self,
+        ledger: Ledger,
+        batcher: Batcher,
+        wallets: WalletBook,
+        liquidity: LiquidityDesk,
+        quotes: QuoteLookup,
     ) -> None:
         self.ledger = ledger
         self.batcher = batcher
         self.wallets = wallets
-        self.windows = windows
+        self.liquidity = liquidity
+        self.windows = liquidity.windows
         self.quotes = quotes
 
     async def pay(self, institution_id: str, request: PaymentRequest) -> PaymentOutcome:
@@ -121,31 +128,30 @@ class PaymentDesk:
         payer_wallet = await self.wallets.get_wallet(institution_id, request.payer_wallet_id)
         if payer_wallet.currency != SOURCE_CURRENCY or payer_wallet.owner_kind is not OwnerKind.PERSON:
             raise InvalidRequest("the payer wallet is a personal HKD wallet of the caller")
-        merchant_row = await self.wallets._wallet_row(request.merchant_wallet_id)
+        merchant = await self.wallets.wallet_owner(request.merchant_wallet_id)
         if (
-            merchant_row is None
-            or merchant_row.owner_kind != OwnerKind.MERCHANT.value
-            or merchant_row.currency != "CNY"
+            merchant is None
+            or merchant.owner_kind is not OwnerKind.MERCHANT
+            or merchant.currency != SETTLEMENT_CURRENCY
         ):
             raise NotFound(f"no merchant wallet {request.merchant_wallet_id}")
-        acquirer = await self.wallets.get_institution(merchant_row.institution_id)
+        acquirer = await self.wallets.get_institution(merchant.institution_id)
         if acquirer.kind is not InstitutionKind.SZ_ACQUIRER:
             raise NotFound(f"no merchant wallet {request.merchant_wallet_id}")
         payer = await self.wallets.get_institution(institution_id)
         return _Parties(
             payer_id=institution_id,
-            payer_cap=payer.net_debit_cap[0] if payer.net_debit_cap else None,
+            payer_cap=await self.liquidity.cap_in_force(payer),
             payer_fx_account=payer.accounts[(SOURCE_CURRENCY, AccountRole.FUNDING)],
             acquirer_id=acquirer.id,
-            acquirer_cap=acquirer.net_debit_cap[0] if acquirer.net_debit_cap else None,
+            acquirer_cap=await self.liquidity.cap_in_force(acquirer),
             acquirer_funding=acquirer.accounts[(SETTLEMENT_CURRENCY, AccountRole.FUNDING)],
         )
 
     async def _pay_in(
         self, window_id: int, institution_id: str, request: PaymentRequest, quote: UsableQuote, parties: _Parties
     ) -> PaymentOutcome | None:
-        window = await self.windows.get(window_id)
-        assert window is not None
+        window = await self.windows.require(window_id)
         payer_position = await self.windows.position_for_payment(
             window, parties.payer_id, parties.payer_cap, actor=institution_id
         )

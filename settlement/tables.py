@@ -51,3 +51,40 @@ window_positions = sa.Table(
     sa.Column("currency", sa.String(3), primary_key=True),
     sa.Column("account_id", sa.Uuid, nullable=False, unique=True),
 )
+
+# Participants a batch left out when it settled (their liquidity could not fund their net debit).
+settlement_exclusions = sa.Table(
+    "settlement_exclusions",
+    metadata,
+    sa.Column("window_id", sa.Integer, sa.ForeignKey("settlement_windows.id"), primary_key=True),
+    sa.Column("institution_id", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("net_debit_minor", sa.BigInteger, nullable=False),
+    sa.Column("liquidity_minor", sa.BigInteger, nullable=False),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+)
+
+# Obligations an unwound batch could not settle, carried unchanged into a later window's batch (the
+# window open when the batch was unwound). The payments stand; only their settlement moves on.
+settlement_carried = sa.Table(
+    "settlement_carried",
+    metadata,
+    sa.Column("from_window_id", sa.Integer, sa.ForeignKey("settlement_windows.id"), primary_key=True),
+    sa.Column("debtor", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
+    sa.Column("creditor", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
+    sa.Column("currency", sa.String(3), primary_key=True),
+    sa.Column("to_window_id", sa.Integer, sa.ForeignKey("settlement_windows.id"), nullable=False, index=True),
+    sa.Column("amount_minor", sa.BigInteger, nullable=False),
+    sa.CheckConstraint("amount_minor > 0", name="amount_positive"),
+)
+
+# The operator's explicit word that an institution's net debit cap may exceed its prefunded
+# liquidity (by default the cap in force is the lower of the two).
+settlement_cap_overrides = sa.Table(
+    "settlement_cap_overrides",
+    metadata,
+    sa.Column("institution_id", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
+    sa.Column("beyond_liquidity", sa.Boolean, nullable=False),
+    sa.Column("set_at_us", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=True),
+)

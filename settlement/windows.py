@@ -26,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import AccountResultCode, AccountSpec, Ledger, Limits
 from ledger.db import read_transaction
-from settlement.tables import settlement_window_events, settlement_windows, window_positions
+from ledger.errors import InvariantViolation
+from settlement.tables import settlement_carried, settlement_window_events, settlement_windows, window_positions
 
 SETTLEMENT_CURRENCY = "CNY"
 _POSITION_NAMESPACE = uuid.UUID("0f3b8a52-7d4e-4c8e-9a61-3b5f2f0c9d17")
@@ -116,13 +117,11 @@ class WindowBook:
                 .where(settlement_windows.c.id == window_id)
                 .values(status="closed", closed_at_us=now_us)
             )
-            await self._record(conn, window_id, "closed", actor)
+            await self.record_change(conn, window_id, "closed", actor)
             await self._insert_open(conn, window_id + 1, actor=actor)
         for account_id in await self.position_accounts(window_id):
             await self.lock_debits(account_id, actor)
-        closed, opened = await self.get(window_id), await self.get(window_id + 1)
-        assert closed is not None and opened is not None
-        return closed, opened
+        return await self.require(window_id), await self.require(window_id + 1)
 
     async def set_status(self, window_id: int, status: str, *, actor: str, expected: tuple[str, ...]) -> Window:
         async with self.ledger.engine.begin() as conn:
@@ -138,10 +137,34 @@ class WindowBook:
             await conn.execute(
                 settlement_windows.update().where(settlement_windows.c.id == window_id).values(status=status)
             )
-            await self._record(conn, window_id, status, actor)
+            await self.record_change(conn, window_id, status, actor)
+        return await self.require(window_id)
+
+    async def require(self, window_id: int) -> Window:
+        """A window known to exist (one just written): its absence is a broken invariant."""
         window = await self.get(window_id)
-        assert window is not None
+        if window is None:
+            raise InvariantViolation(f"settlement window {window_id} vanished")
         return window
+
+    async def refresh_cap(self, institution_id: str, cap_minor: int | None, *, actor: str) -> None:
+        """Give the institution's position in the open window (if it has one yet) the cap
+        ``cap_minor`` less what it owes from windows not yet settled: after prefunding, a settlement
+        or an unwind. Lowering it below what the position holds stops further debits."""
+        window = await self._find_open()
+        if window is None:
+            return
+        account_id = position_account_id(window.id, institution_id, SETTLEMENT_CURRENCY)
+        account = await self.ledger.get_account(account_id)
+        if account is None:
+            return  # opened later with the cap in force then
+        cap = None if cap_minor is None else max(0, cap_minor - await self.unsettled_debit(institution_id))
+        await self.ledger.set_limits(
+            account_id, dataclasses.replace(account.limits, debit_balance_cap_minor=cap), actor=actor
+        )
+        current = await self.get(window.id)
+        if current is None or current.status != "open":
+            await self.lock_debits(account_id, actor)  # the window closed meanwhile: as the close would
 
     async def lock_debits(self, account_id: UUID, actor: str) -> None:
         """No further debit: the overdraft cap becomes the debit the account holds now (under its lock)."""
@@ -220,7 +243,8 @@ class WindowBook:
         return account_id
 
     async def unsettled_debit(self, institution_id: str) -> int:
-        """What the institution owes, net, from closed windows not yet settled."""
+        """What the institution owes, net, from closed windows not yet settled, and in obligations
+        an unwound batch carried into a window not yet settled."""
         async with read_transaction(self.ledger.engine) as conn:
             rows = await conn.execute(
                 sa.select(window_positions.c.account_id)
@@ -229,17 +253,18 @@ class WindowBook:
                 .where(settlement_windows.c.status.in_(UNSETTLED_STATUSES))
             )
             account_ids = list(rows.scalars())
+            carried = await _carried_net_debit(conn, institution_id)
         accounts = await self.ledger.get_accounts(account_ids)
-        return sum(
+        return carried + sum(
             max(0, a.balances.debits_posted + a.balances.debits_pending - a.balances.credits_posted)
             for a in accounts.values()
         )
 
     async def _insert_open(self, conn, window_id: int, *, actor: str) -> None:
         await conn.execute(settlement_windows.insert().values(id=window_id, status="open", opened_at_us=self.clock()))
-        await self._record(conn, window_id, "open", actor)
+        await self.record_change(conn, window_id, "open", actor)
 
-    async def _record(self, conn, window_id: int, status: str, actor: str | None) -> None:
+    async def record_change(self, conn, window_id: int, status: str, actor: str | None) -> None:
         position = (
             await conn.execute(
                 sa.select(sa.func.count())
@@ -252,6 +277,21 @@ class WindowBook:
                 window_id=window_id, position=position + 1, status=status, at_us=self.clock(), actor=actor
             )
         )
+
+
+async def _carried_net_debit(conn, institution_id: str) -> int:
+    """The institution's net debit in carried obligations, per window they were carried into that is
+    not settled yet (open, closed or settling)."""
+    carried = settlement_carried
+    pending = sa.select(settlement_windows.c.id).where(settlement_windows.c.status.in_(("open", *UNSETTLED_STATUSES)))
+    signed = sa.case((carried.c.debtor == institution_id, carried.c.amount_minor), else_=-carried.c.amount_minor)
+    rows = await conn.execute(
+        sa.select(carried.c.to_window_id, sa.func.sum(signed))
+        .where(sa.or_(carried.c.debtor == institution_id, carried.c.creditor == institution_id))
+        .where(carried.c.to_window_id.in_(pending))
+        .group_by(carried.c.to_window_id)
+    )
+    return sum(max(0, int(net)) for _window_id, net in rows)
 
 
 def _window(row) -> Window:

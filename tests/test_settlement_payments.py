@@ -18,6 +18,7 @@ from ledger import Batcher, ResultCode, TransferCommand
 from ledger.ids import uuid7
 from ledger.schema import transfers
 from settlement.fx import quote_amounts
+from settlement.liquidity import LiquidityDesk
 from settlement.payments import PaymentDesk, PaymentRequest
 from settlement.windows import WindowBook, position_account_id
 from wallets.errors import InvalidRequest, NotFound
@@ -94,8 +95,10 @@ async def corridor(ledger) -> AsyncIterator[Corridor]:
         assert (await book.deposit("hk-alphapay", payer.id, uuid7(), 1_000_000)).ok
         windows = WindowBook(ledger, ledger.clock)
         await windows.open_window()
+        liquidity = LiquidityDesk(ledger, batcher, book, windows, ledger.clock)
+        assert (await liquidity.prefund("hk-alphapay", uuid7(), 100_000, "CNY", actor="operator")).ok
         quotes = Quotes()
-        desk = PaymentDesk(ledger, batcher, book, windows, quotes)
+        desk = PaymentDesk(ledger, batcher, book, liquidity, quotes)
         yield Corridor(book, windows, desk, quotes, payer.id, shop.id)
 
 

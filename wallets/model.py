@@ -63,6 +63,16 @@ class Institution:
 
 
 @dataclass(frozen=True, slots=True)
+class WalletOwner:
+    """Who holds a wallet, for a layer that must find another institution's payee (settlement)."""
+
+    wallet_id: UUID
+    institution_id: str
+    owner_kind: OwnerKind
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
 class Merchant:
     name: str
     city: str

@@ -48,6 +48,7 @@ from wallets.model import (
     TransferRequest,
     TransferView,
     Wallet,
+    WalletOwner,
     WalletSpec,
     WalletStatus,
 )
@@ -183,6 +184,14 @@ class WalletBook:
                     self._wallet_rows.clear()
                 self._wallet_rows[wallet_id] = row
         return row
+
+    async def wallet_owner(self, wallet_id: UUID) -> WalletOwner | None:
+        """Who holds ``wallet_id`` (any institution's wallet), or None: never shown to a caller as
+        is, only used to route a payment to the payee's institution."""
+        row = await self._wallet_row(wallet_id)
+        if row is None:
+            return None
+        return WalletOwner(row.id, row.institution_id, OwnerKind(row.owner_kind), row.currency)
 
     async def _own_wallet_row(self, institution_id: str, wallet_id: UUID) -> sa.Row:
         row = await self._wallet_row(wallet_id)
