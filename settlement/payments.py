@@ -111,7 +111,7 @@ class PaymentDesk:
             return PaymentOutcome(
                 "ok" if same else ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value, stored if same else None, True
             )
-        parties = await self._parties(institution_id, request)
+        parties = await self._parties(institution_id, request.payer_wallet_id, request.merchant_wallet_id)
         quote = await self.quotes(institution_id, request.quote_id, self.ledger.clock())
         _check_quote(quote, request)
         for _ in range(CLOSE_RACE_ATTEMPTS_MAX):
@@ -124,22 +124,26 @@ class PaymentDesk:
                 return outcome
         raise RuntimeError("the settlement window kept closing under this payment")
 
-    async def _parties(self, institution_id: str, request: PaymentRequest) -> _Parties:
-        payer_wallet = await self.wallets.get_wallet(institution_id, request.payer_wallet_id)
+    async def parties_of(self, institution_id: str, payment: Payment) -> Parties:
+        """Who a payment of the caller's moves money between (for its refunds)."""
+        return await self._parties(institution_id, payment.payer_wallet_id, payment.merchant_wallet_id)
+
+    async def _parties(self, institution_id: str, payer_wallet_id: UUID, merchant_wallet_id: UUID) -> Parties:
+        payer_wallet = await self.wallets.get_wallet(institution_id, payer_wallet_id)
         if payer_wallet.currency != SOURCE_CURRENCY or payer_wallet.owner_kind is not OwnerKind.PERSON:
             raise InvalidRequest("the payer wallet is a personal HKD wallet of the caller")
-        merchant = await self.wallets.wallet_owner(request.merchant_wallet_id)
+        merchant = await self.wallets.wallet_owner(merchant_wallet_id)
         if (
             merchant is None
             or merchant.owner_kind is not OwnerKind.MERCHANT
             or merchant.currency != SETTLEMENT_CURRENCY
         ):
-            raise NotFound(f"no merchant wallet {request.merchant_wallet_id}")
+            raise NotFound(f"no merchant wallet {merchant_wallet_id}")
         acquirer = await self.wallets.get_institution(merchant.institution_id)
         if acquirer.kind is not InstitutionKind.SZ_ACQUIRER:
-            raise NotFound(f"no merchant wallet {request.merchant_wallet_id}")
+            raise NotFound(f"no merchant wallet {merchant_wallet_id}")
         payer = await self.wallets.get_institution(institution_id)
-        return _Parties(
+        return Parties(
             payer_id=institution_id,
             payer_cap=await self.liquidity.cap_in_force(payer),
             payer_fx_account=payer.accounts[(SOURCE_CURRENCY, AccountRole.FUNDING)],
@@ -149,7 +153,7 @@ class PaymentDesk:
         )
 
     async def _pay_in(
-        self, window_id: int, institution_id: str, request: PaymentRequest, quote: UsableQuote, parties: _Parties
+        self, window_id: int, institution_id: str, request: PaymentRequest, quote: UsableQuote, parties: Parties
     ) -> PaymentOutcome | None:
         window = await self.windows.require(window_id)
         payer_position = await self.windows.position_for_payment(
@@ -197,7 +201,7 @@ class PaymentDesk:
 
 
 @dataclass(frozen=True, slots=True)
-class _Parties:
+class Parties:
     payer_id: str
     payer_cap: int | None
     payer_fx_account: UUID
@@ -218,7 +222,7 @@ def _chain(
     request: PaymentRequest,
     quote: UsableQuote,
     window_id: int,
-    parties: _Parties,
+    parties: Parties,
     payer_position: UUID,
     acquirer_position: UUID,
 ) -> list[TransferCommand]:

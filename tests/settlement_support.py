@@ -17,6 +17,7 @@ from settlement.batches import SettlementDesk
 from settlement.fx import quote_amounts
 from settlement.liquidity import LiquidityDesk
 from settlement.payments import PaymentDesk, PaymentOutcome, PaymentRequest
+from settlement.refunds import RefundDesk
 from settlement.windows import WindowBook
 from wallets.model import AccountRole, InstitutionKind, Merchant, OwnerKind, WalletSpec
 from wallets.service import WalletBook
@@ -60,6 +61,7 @@ class Corridor:
     payments: PaymentDesk
     settlement: SettlementDesk
     quotes: Quotes
+    refunds: RefundDesk
     customers: dict[str, UUID] = field(default_factory=dict)  # HK institution -> its customer's wallet
     merchants: dict[str, UUID] = field(default_factory=dict)  # acquirer -> its merchant's wallet
 
@@ -88,9 +90,10 @@ async def build_corridor(
     await windows.open_window()
     liquidity = LiquidityDesk(ledger, batcher, book, windows, ledger.clock)
     quotes = Quotes()
+    payments = PaymentDesk(ledger, batcher, book, liquidity, quotes)
     corridor = Corridor(
-        ledger, book, windows, liquidity, PaymentDesk(ledger, batcher, book, liquidity, quotes),
-        SettlementDesk(ledger, batcher, book, liquidity), quotes,
+        ledger, book, windows, liquidity, payments, SettlementDesk(ledger, batcher, book, liquidity), quotes,
+        RefundDesk(ledger, batcher, book, liquidity, payments),
     )  # fmt: skip
     key = bytes(SigningKey.generate().verify_key)
     for payer, cap in payers.items():
