@@ -15,6 +15,7 @@ from ledger import Batcher, Ledger
 from service.config import Settings
 from service.key_resolver import InstitutionKeyResolver
 from service.metrics import ServiceMetrics
+from settlement.desks import Settlement
 from wallets.service import WalletBook
 
 
@@ -41,6 +42,8 @@ AUTHENTICATOR_KEY = web.AppKey("authenticator", Authenticator)
 METRICS_KEY = web.AppKey("metrics", ServiceMetrics)
 # The wallets layer over the ledger and batcher above (made in a cleanup context after them).
 WALLETS_KEY = web.AppKey("wallets", WalletBook)
+# The settlement layer's desks over the same ledger, batcher and wallets.
+SETTLEMENT_KEY = web.AppKey("settlement", Settlement)
 # Institutions' active public keys for the default authenticator, cached briefly; the key routes
 # forget an institution's entry when they change its keys.
 KEY_RESOLVER_KEY = web.AppKey("key_resolver", InstitutionKeyResolver)

@@ -65,13 +65,21 @@ class RawResponse:
 
 
 @dataclass(frozen=True)
+class JsonOrRaw:
+    """A JSON model, or the same content in another media type (a report as JSON or CSV)."""
+
+    model: type[BaseModel]
+    raw: RawResponse
+
+
+@dataclass(frozen=True)
 class RouteSpec:
     method: str
     path: str
     handler: Handler
     summary: str
     request: type[BaseModel] | None
-    responses: Mapping[int, type[BaseModel] | RawResponse | None]
+    responses: Mapping[int, type[BaseModel] | RawResponse | JsonOrRaw | None]
     problems: tuple[tuple[int, str], ...]
     signed: bool
     tags: tuple[str, ...]
@@ -95,7 +103,7 @@ class RouteTable:
         path: str,
         *,
         summary: str,
-        responses: Mapping[int, type[BaseModel] | RawResponse | None],
+        responses: Mapping[int, type[BaseModel] | RawResponse | JsonOrRaw | None],
         request: type[BaseModel] | None = None,
         problems: Iterable[str | tuple[int, str]] = (),
         signed: bool | None = None,
@@ -190,6 +198,7 @@ def _models(specs: Sequence[RouteSpec]) -> list[tuple[type[BaseModel], str]]:
         if spec.request is not None:
             models.append((spec.request, "validation"))
         models += [(model, "serialization") for model in spec.responses.values() if _is_model(model)]
+        models += [(r.model, "serialization") for r in spec.responses.values() if isinstance(r, JsonOrRaw)]
     return list(dict.fromkeys(models))
 
 
@@ -232,6 +241,12 @@ def _success_response(status: int, model: object, refs: Mapping) -> dict[str, An
         return {"description": "No content" if status == 204 else "Done"}
     if isinstance(model, RawResponse):
         return {"description": model.description, "content": {model.content_type: {"schema": dict(model.schema)}}}
+    if isinstance(model, JsonOrRaw):
+        content = {
+            "application/json": {"schema": refs[(model.model, "serialization")]},
+            model.raw.content_type: {"schema": dict(model.raw.schema)},
+        }
+        return {"description": f"{model.model.__doc__ or model.model.__name__} {model.raw.description}", "content": content}
     schema = refs[(model, "serialization")]
     return {"description": model.__doc__ or model.__name__, "content": {"application/json": {"schema": schema}}}
 

@@ -410,3 +410,118 @@ class AuditHeadOut(ResponseModel):
     signature: str | None = Field(description="The ledger's Ed25519 signature of the block, base64; null before any.")
     public_key: str = Field(description="The ledger's Ed25519 public key, base64 of 32 bytes.")
     created_at: datetime.datetime | None = Field(default=None, description="When the block was sealed.")
+
+
+# -- settlement --------------------------------------------------------------------------------
+
+
+class LiquidityCreate(RequestModel):
+    """Prefunded settlement liquidity: moves from the institution's funding account into its
+    settlement account. ``id`` makes it idempotent."""
+
+    id: UUID
+    amount: AmountStr
+    currency: CurrencyCode
+
+
+class CapPolicy(RequestModel):
+    """Whether the institution's net debit cap may exceed its prefunded liquidity (default: no)."""
+
+    beyond_liquidity: bool
+
+
+class PositionOut(ResponseModel):
+    """An institution's standing in settlement, in the settlement currency."""
+
+    institution_id: str
+    currency: str
+    liquidity: str = Field(description="Prefunded money in its settlement account.")
+    net_debit_cap: str | None = Field(description="As registered; null for none.")
+    beyond_liquidity: bool
+    cap_in_force: str | None = Field(description="The registered cap bounded by liquidity (unless allowed beyond).")
+    open_window_id: int
+    open_window_net: str = Field(description="Its net in the open window: negative owes, positive is owed.")
+    unsettled_debit: str = Field(description="What it owes from windows closed and not yet settled.")
+
+
+class LiquidityOut(ResponseModel):
+    id: UUID
+    institution_id: str
+    amount: str
+    currency: str
+    created_at: datetime.datetime
+    position: PositionOut
+
+
+class StatusChangeOut(ResponseModel):
+    status: str
+    at: str
+    actor: str | None
+
+
+class WindowOut(ResponseModel):
+    """A settlement window. Its batch (once closed) has the same id."""
+
+    id: int
+    status: Literal["open", "closed", "settling", "settled", "unwound", "failed"]
+    opened_at: str
+    closed_at: str | None
+    history: list[StatusChangeOut]
+
+
+class BatchTotalOut(ResponseModel):
+    currency: str
+    gross: str
+    net: str
+    liquidity_saved: str
+    liquidity_saving_ratio: str = Field(examples=["0.6250"], description="saved ÷ gross, four places.")
+
+
+class BatchPositionOut(ResponseModel):
+    institution_id: str
+    currency: str
+    net_amount: str
+    direction: Literal["pay", "receive"]
+
+
+class ObligationOut(ResponseModel):
+    debtor: str
+    creditor: str
+    currency: str
+    amount: str
+
+
+class InstructionOut(ResponseModel):
+    payer: str
+    payee: str
+    currency: str
+    amount: str
+
+
+class ExclusionOut(ResponseModel):
+    institution_id: str
+    currency: str
+    net_debit: str
+    liquidity: str
+
+
+class BatchOut(ResponseModel):
+    """A settlement batch, signed: ``signature`` is base64 of the ledger's Ed25519 signature over the
+    canonical JSON of every other field (sorted keys, no spaces, UTF-8); the key is
+    ``GET /v1/audit/head``'s ``public_key``."""
+
+    id: int
+    window_id: int
+    status: Literal["closed", "settling", "settled", "unwound", "failed"]
+    opened_at: str
+    closed_at: str | None
+    settlement_bank_id: str
+    totals: list[BatchTotalOut]
+    positions: list[BatchPositionOut]
+    bilateral: list[ObligationOut]
+    instructions: list[InstructionOut]
+    exclusions: list[ExclusionOut]
+    carried_in: list[ObligationOut]
+    carried_out: list[ObligationOut]
+    history: list[StatusChangeOut]
+    signature: str

@@ -26,6 +26,7 @@ from uuid import UUID
 
 from ledger import Batcher, Ledger, ResultCode, TransferCommand, TransferResult
 from settlement.liquidity import LiquidityDesk
+from settlement.remembered import RefusalMemory, request_digest
 from settlement.windows import SETTLEMENT_CURRENCY, WindowClosed
 from wallets.errors import InvalidRequest, NotFound
 from wallets.ids import Origin, scoped_id
@@ -35,6 +36,7 @@ from wallets.service import WalletBook
 # A payment meeting a window's close is run again in the new window at most this often.
 CLOSE_RACE_ATTEMPTS_MAX = 3
 SOURCE_CURRENCY = "HKD"
+_CONFLICT = ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value
 
 
 class UsableQuote(Protocol):
@@ -101,6 +103,7 @@ class PaymentDesk:
         self.liquidity = liquidity
         self.windows = liquidity.windows
         self.quotes = quotes
+        self.refusals = RefusalMemory(ledger, "payment", ledger.clock)
 
     async def pay(self, institution_id: str, request: PaymentRequest) -> PaymentOutcome:
         stored = await self.get(institution_id, request.id, missing_ok=True)
@@ -111,6 +114,17 @@ class PaymentDesk:
             return PaymentOutcome(
                 "ok" if same else ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value, stored if same else None, True
             )
+        fields = (request.payer_wallet_id, request.merchant_wallet_id, request.amount_minor, request.currency)
+        digest = request_digest(*fields, request.quote_id)
+        remembered = await self.refusals.recall(institution_id, request.id, digest)
+        if remembered is not None:
+            return PaymentOutcome(remembered.code if remembered.same_request else _CONFLICT, None, True)
+        outcome = await self._pay_new(institution_id, request)
+        if not outcome.ok and not outcome.replayed and outcome.code != _CONFLICT:
+            await self.refusals.remember(institution_id, request.id, digest, outcome.code)
+        return outcome
+
+    async def _pay_new(self, institution_id: str, request: PaymentRequest) -> PaymentOutcome:
         parties = await self._parties(institution_id, request.payer_wallet_id, request.merchant_wallet_id)
         quote = await self.quotes(institution_id, request.quote_id, self.ledger.clock())
         _check_quote(quote, request)

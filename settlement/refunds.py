@@ -31,6 +31,7 @@ from ledger import AccountResultCode, AccountSpec, Batcher, Ledger, Limits, Resu
 from settlement.fx import refund_source_minor
 from settlement.liquidity import LiquidityDesk
 from settlement.payments import SOURCE_CURRENCY, Payment, PaymentDesk
+from settlement.remembered import RefusalMemory
 from settlement.windows import SETTLEMENT_CURRENCY, WindowClosed
 from wallets.errors import NotFound
 from wallets.ids import Origin, scoped_id
@@ -41,6 +42,7 @@ REFUND_SINK_ACCOUNT_ID = uuid.uuid5(_REFUND_NAMESPACE, "refund-sink/CNY")
 # Refunds of one payment claiming a slot at the same moment are recomputed at most this often.
 SLOT_RACE_ATTEMPTS_MAX = 8
 CLOSE_RACE_ATTEMPTS_MAX = 3
+_CONFLICT = ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value
 _WINDOW_CLOSED = object()  # the window closed under the refund: run it again in the new one
 
 
@@ -93,6 +95,7 @@ class RefundDesk:
         self.liquidity = liquidity
         self.windows = liquidity.windows
         self.payments = payments
+        self.refusals = RefusalMemory(ledger, "refund", ledger.clock)
 
     async def refund(self, institution_id: str, request: RefundRequest) -> RefundOutcome:
         stored = await self.get(institution_id, request.id, missing_ok=True)

@@ -20,7 +20,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from nacl.signing import SigningKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
 
 from ledger.money import Currency, format_amount
 from settlement.batches import Batch, Exclusion
@@ -118,6 +119,15 @@ def signed(document: dict[str, Any], key: SigningKey) -> dict[str, Any]:
     return {**document, "signature": base64.b64encode(signature).decode("ascii")}
 
 
+def verify_signed(document: Mapping[str, Any], public_key: bytes) -> bool:
+    """True if ``document["signature"]`` is the ledger's signature over the rest of it."""
+    try:
+        VerifyKey(public_key).verify(canonical_bytes(document), base64.b64decode(document["signature"], validate=True))
+    except (BadSignatureError, KeyError, ValueError, TypeError):
+        return False
+    return True
+
+
 def batch_csv(document: Mapping[str, Any]) -> str:
     """The report's figures as CSV rows, one section after another (totals, positions, bilateral,
     instructions, exclusions, carried), for spreadsheets; the JSON is the signed record."""
@@ -153,4 +163,4 @@ def rfc3339(at_us: int) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-__all__ = ["batch_csv", "batch_document", "canonical_bytes", "signed"]
+__all__ = ["batch_csv", "batch_document", "canonical_bytes", "signed", "verify_signed"]

@@ -88,3 +88,18 @@ settlement_cap_overrides = sa.Table(
     sa.Column("set_at_us", sa.BigInteger, nullable=False),
     sa.Column("actor", sa.String(128), nullable=True),
 )
+
+# The refusal a payment or refund id was first answered with, so that the same id and body get the
+# same answer later (the ledger remembers refused transfers by their own ids, but a payment's
+# refusal may come from a leg whose id depends on the window, or from a quote that has expired by
+# the time of the retry). ``request_digest`` tells a retry from another request reusing the id.
+settlement_refusals = sa.Table(
+    "settlement_refusals",
+    metadata,
+    sa.Column("institution_id", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
+    sa.Column("operation", sa.String(16), primary_key=True),
+    sa.Column("request_id", sa.Uuid, primary_key=True),
+    sa.Column("request_digest", sa.String(64), nullable=False),
+    sa.Column("code", sa.String(64), nullable=False),
+    sa.Column("at_us", sa.BigInteger, nullable=False),
+)

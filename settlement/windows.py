@@ -242,6 +242,12 @@ class WindowBook:
             raise WindowClosed(f"window {window.id} closed")
         return account_id
 
+    async def net_in(self, window_id: int, institution_id: str) -> int:
+        """The institution's net in the window's settlement currency: what it is owed less what it
+        owes (negative for a net debtor); 0 if it has no position there."""
+        account = await self.ledger.get_account(position_account_id(window_id, institution_id, SETTLEMENT_CURRENCY))
+        return 0 if account is None else account.balances.credits_posted - account.balances.debits_posted
+
     async def unsettled_debit(self, institution_id: str) -> int:
         """What the institution owes, net, from closed windows not yet settled, and in obligations
         an unwound batch carried into a window not yet settled."""

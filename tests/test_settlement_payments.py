@@ -226,3 +226,14 @@ async def test_payments_racing_a_close_each_land_in_exactly_one_window(corridor,
         positions = await corridor.windows.positions(window_id)
         accounts = await ledger.get_accounts(list(positions))
         assert sum(a.balances.debits_posted - a.balances.credits_posted for a in accounts.values()) == 0
+
+
+async def test_a_refused_payment_is_answered_the_same_refusal_on_retry_even_after_its_quote_expired(corridor):
+    request = corridor.request(200_000)  # past the cap
+    first = await corridor.desk.pay("hk-alphapay", request)
+    assert first.code == "net_debit_cap_exceeded" and not first.replayed
+    del corridor.quotes.issued[request.quote_id]  # the quote is gone: only memory can answer
+    again = await corridor.desk.pay("hk-alphapay", request)
+    assert (again.code, again.replayed) == ("net_debit_cap_exceeded", True)
+    other = PaymentRequest(request.id, request.payer_wallet_id, request.merchant_wallet_id, 100, "CNY", uuid7())
+    assert (await corridor.desk.pay("hk-alphapay", other)).code == "exists_with_different_fields"

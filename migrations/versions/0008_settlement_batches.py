@@ -1,5 +1,6 @@
 """Settlement batches: the participants a settlement left out, the obligations it carried into a
-later window, and the operator's overrides of the liquidity bound on net debit caps.
+later window, the operator's overrides of the liquidity bound on net debit caps, and the refusals
+payments and refunds were first answered with.
 
 Revision ID: 0008_settlement_batches
 Revises: 0005_settlement_windows
@@ -59,9 +60,20 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(128), nullable=True),
         sa.PrimaryKeyConstraint("institution_id", name=op.f("pk_settlement_cap_overrides")),
     )
+    op.create_table(
+        "settlement_refusals",
+        sa.Column("institution_id", sa.String(64), nullable=False),
+        sa.Column("operation", sa.String(16), nullable=False),
+        sa.Column("request_id", sa.Uuid, nullable=False),
+        sa.Column("request_digest", sa.String(64), nullable=False),
+        sa.Column("code", sa.String(64), nullable=False),
+        sa.Column("at_us", sa.BigInteger, nullable=False),
+        sa.PrimaryKeyConstraint("institution_id", "operation", "request_id", name=op.f("pk_settlement_refusals")),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("settlement_refusals")
     op.drop_table("settlement_cap_overrides")
     op.drop_index(op.f("ix_settlement_carried_to_window_id"), table_name="settlement_carried")
     op.drop_table("settlement_carried")
