@@ -15,6 +15,8 @@ from ledger import Batcher, Ledger
 from service.config import Settings
 from service.key_resolver import InstitutionKeyResolver
 from service.metrics import ServiceMetrics
+from settlement.quotes import QuoteDesk
+from settlement.rates import RateBook
 from wallets.service import WalletBook
 
 
@@ -41,6 +43,9 @@ AUTHENTICATOR_KEY = web.AppKey("authenticator", Authenticator)
 METRICS_KEY = web.AppKey("metrics", ServiceMetrics)
 # The wallets layer over the ledger and batcher above (made in a cleanup context after them).
 WALLETS_KEY = web.AppKey("wallets", WalletBook)
+# The FX desk over the ledger: operators' rates, and the quotes the ledger signs.
+RATES_KEY = web.AppKey("rates", RateBook)
+QUOTES_KEY = web.AppKey("quotes", QuoteDesk)
 # Institutions' active public keys for the default authenticator, cached briefly; the key routes
 # forget an institution's entry when they change its keys.
 KEY_RESOLVER_KEY = web.AppKey("key_resolver", InstitutionKeyResolver)

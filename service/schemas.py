@@ -1,5 +1,5 @@
 """Edge models: money fields, pages, problems, health answers, and the resources' request and
-response bodies (institutions, wallets, transfers, the audit head).
+response bodies (institutions, wallets, transfers, the audit head, FX rates and quotes).
 
 Pydantic checks syntax only (Cosmic Python: syntax at the edge, meaning in the service layer). An
 amount here is text that *looks* like a positive decimal; whether it fits its currency (decimals,
@@ -17,7 +17,7 @@ from uuid import UUID
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from ledger.money import Currency, parse_amount
@@ -410,3 +410,89 @@ class AuditHeadOut(ResponseModel):
     signature: str | None = Field(description="The ledger's Ed25519 signature of the block, base64; null before any.")
     public_key: str = Field(description="The ledger's Ed25519 public key, base64 of 32 bytes.")
     created_at: datetime.datetime | None = Field(default=None, description="When the block was sealed.")
+
+
+# -- FX rates and quotes -----------------------------------------------------------------------
+
+# Generous for any rate (a mid rate has at most 28 places and is at most 1,000,000).
+RATE_TEXT_LENGTH_MAX = 40
+SPREAD_BPS_MAX = 10_000
+
+RateStr = Annotated[
+    str,
+    Field(
+        pattern=AMOUNT_PATTERN,
+        max_length=RATE_TEXT_LENGTH_MAX,
+        examples=["0.9234"],
+        description="Target currency per one unit of source currency, as a positive decimal string; never a "
+        "JSON number.",
+    ),
+]
+
+
+class FxRateCreate(RequestModel):
+    """The rate that quotes of the pair use from now on."""
+
+    source_currency: CurrencyCode
+    target_currency: CurrencyCode
+    mid_rate: RateStr
+    spread_bps: int = Field(
+        ge=0, le=SPREAD_BPS_MAX, description="The institution's spread in basis points, taken off the mid rate."
+    )
+
+
+class FxRateOut(ResponseModel):
+    """A rate as an operator set it, and the customer rate quotes get from it."""
+
+    id: int = Field(description="Increases with every rate set; the newest of a pair is its current rate.")
+    source_currency: str
+    target_currency: str
+    mid_rate: str = Field(examples=["0.9234"])
+    spread_bps: int
+    customer_rate: str = Field(
+        examples=["0.9187830000"],
+        description="mid_rate × (1 − spread_bps / 10,000), rounded down to 10 decimal places: the rate quotes show.",
+    )
+    set_at: datetime.datetime
+    set_by: str = Field(description="The operator that set it.")
+
+
+class FxQuoteCreate(RequestModel):
+    """Give exactly one amount: ``target_amount`` (the merchant's price, paid exactly) or
+    ``source_amount`` (what the payer spends)."""
+
+    source_currency: CurrencyCode
+    target_currency: CurrencyCode
+    source_amount: AmountStr | None = Field(default=None, description="In the source currency; or target_amount.")
+    target_amount: AmountStr | None = Field(default=None, description="In the target currency; or source_amount.")
+
+    @model_validator(mode="after")
+    def _exactly_one_amount(self) -> FxQuoteCreate:
+        if (self.source_amount is None) == (self.target_amount is None):
+            raise ValueError("give exactly one of source_amount and target_amount")
+        return self
+
+
+def _canonical_time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class FxQuoteOut(ResponseModel):
+    """A quote the ledger signed. ``signature`` is base64 of the ledger's Ed25519 signature over the
+    quote's canonical JSON: the eight fields below other than ``signature``, with sorted keys, no
+    spaces, ASCII, exactly as answered here (times with microseconds and ``Z``). The ledger's public
+    key is ``GET /v1/audit/head``'s ``public_key``."""
+
+    id: UUID
+    source_currency: str
+    target_currency: str
+    rate: str = Field(examples=["0.9187830000"], description="The customer rate, on a fixed 10-place scale.")
+    source_amount: str = Field(examples=["139.86"])
+    target_amount: str = Field(examples=["128.50"])
+    created_at: datetime.datetime
+    expires_at: datetime.datetime = Field(description="Usable until just before this instant.")
+    signature: str
+
+    @field_serializer("created_at", "expires_at")
+    def _times_as_signed(self, moment: datetime.datetime) -> str:
+        return _canonical_time(moment)

@@ -4,12 +4,13 @@ table listed in ``ROUTE_TABLES``; a new resource module adds its table here."""
 from __future__ import annotations
 
 from service.openapi import RouteTable
-from service.routes import audit, institutions, operations, transfers, wallets
+from service.routes import audit, fx, institutions, operations, transfers, wallets
 
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     operations.routes,
     institutions.routes,
     wallets.routes,
     transfers.routes,
+    fx.routes,
     audit.routes,
 )
