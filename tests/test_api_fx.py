@@ -7,10 +7,13 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from decimal import Decimal
 
 import pytest
+from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from service.client import LedgerClient, ValidationError, verify_quote
 from service.errors_map import wallet_problem
 from service.keys import QUOTES_KEY
 from settlement.fx_errors import QuoteExpired
@@ -165,7 +168,7 @@ async def test_a_quotes_signature_verifies_from_the_http_answers_alone(api):
     VerifyKey(base64.b64decode(public_key)).verify(canonical, base64.b64decode(answer["signature"]))
 
     forged = json.dumps(signed | {"rate": "0.9900000000"}, sort_keys=True, separators=(",", ":")).encode()
-    with pytest.raises(Exception, match="Signature was forged or corrupt"):
+    with pytest.raises(BadSignatureError):
         VerifyKey(base64.b64decode(public_key)).verify(forged, base64.b64decode(answer["signature"]))
 
 
@@ -190,3 +193,25 @@ async def test_a_quote_changed_in_the_database_answers_500_without_details(api):
     answer = await api.get(alpha, f"/v1/fx/quotes/{issued['id']}")
     problem = assert_problem(answer, 500, "internal_error")
     assert "signature" not in problem["detail"]
+
+
+async def test_the_client_sets_rates_lists_them_quotes_and_verifies_the_quotes_signature(api):
+    alpha = await api.institution("hk-alphapay")
+    base_url = str(api.client.make_url("")).rstrip("/")
+    operator = LedgerClient(base_url, key_id=api.operator.id, signing_key=api.operator.key, retries_max=0)
+    client = LedgerClient(base_url, key_id=alpha.id, signing_key=alpha.key, retries_max=0)
+    async with operator, client:
+        with pytest.raises(ValidationError):
+            await client.quote("HKD", "CNY", target_amount="10.00", source_amount="10.00")
+        with pytest.raises(ValidationError) as no_rate:  # 409 invalid_request: no rate yet
+            await client.quote("HKD", "CNY", target_amount="10.00")
+        assert no_rate.value.status == 409
+        rate = await operator.set_rate("HKD", "CNY", Decimal("0.9234"), 50)
+        assert (await client.rates())["items"] == [rate]
+        assert (await client.rates(history=True, limit=1))["items"] == [rate]
+        issued = await client.quote("HKD", "CNY", target_amount=Decimal("128.50"))
+        assert await client.get_quote(issued["id"]) == issued
+        public_key = (await client.audit_head())["public_key"]
+        verify_quote(issued, public_key)
+        with pytest.raises(BadSignatureError):
+            verify_quote(issued | {"source_amount": "100.00"}, public_key)
