@@ -14,6 +14,7 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import settlement.fx_tables
 import settlement.tables  # noqa: F401  (their tables join the one MetaData)
 import wallets.schema  # noqa: F401
 from ledger.db import create_engine

@@ -2,8 +2,9 @@
 
 Resources live in cleanup contexts and typed ``web.AppKey``s (``service.keys``), never in globals:
 the ledger (its engine is disposed on shutdown), the batcher (closed on shutdown, which
-finishes every queued batch first) and the wallets layer over both. A resource passed in by the
-caller is the caller's to close; the app closes only what it made.
+finishes every queued batch first), the wallets layer over both, and the FX desk (rates and
+quotes). A resource passed in by the caller is the caller's to close; the app closes only what it
+made.
 
 Requests are verified, by default, against the institutions' registered keys (the wallets layer's
 ``active_keys``, cached for a few seconds: see ``service.key_resolver``).
@@ -34,7 +35,10 @@ from service.keys import (
     KEY_RESOLVER_KEY,
     LEDGER_KEY,
     METRICS_KEY,
+    QUOTES_KEY,
+    RATES_KEY,
     SETTINGS_KEY,
+    SETTLEMENT_KEY,
     WALLETS_KEY,
     Authenticator,
     VerifiedCaller,
@@ -44,6 +48,9 @@ from service.middlewares import MIDDLEWARES, error_middleware
 from service.openapi import DOCS_SPECS, SIGNED_PATH_PREFIX, RouteTable, add_docs_routes, add_routes, build_openapi
 from service.problems import ProblemError
 from service.routes import ROUTE_TABLES
+from settlement.desks import Settlement
+from settlement.quotes import QuoteDesk
+from settlement.rates import RateBook
 from wallets.service import WalletBook
 
 API_TITLE = "Shenzhen–Hong Kong payment ledger"
@@ -116,6 +123,8 @@ def create_app(
     app.cleanup_ctx.append(_ledger_context(settings, ledger))
     app.cleanup_ctx.append(_batcher_context(batcher, metrics))
     app.cleanup_ctx.append(_wallets_context)
+    app.cleanup_ctx.append(_fx_context)
+    app.cleanup_ctx.append(_settlement_context)
     specs = [spec for table in (*ROUTE_TABLES, *route_tables) for spec in table.specs]
     add_routes(app, specs)
     add_docs_routes(app, build_openapi([*specs, *DOCS_SPECS], title=API_TITLE, version=_version()))
@@ -206,6 +215,23 @@ async def _wallets_context(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         app[KEY_RESOLVER_KEY].bind(None)
+
+
+async def _fx_context(app: web.Application) -> AsyncIterator[None]:
+    # Holds no resource of its own: the ledger's context closes the engine both use.
+    rates = RateBook(app[LEDGER_KEY])
+    app[RATES_KEY] = rates
+    app[QUOTES_KEY] = QuoteDesk(app[LEDGER_KEY], rates)
+    yield
+
+
+async def _settlement_context(app: web.Application) -> AsyncIterator[None]:
+    # Holds no resource of its own either; payments price through the FX desk's quotes.
+    ledger = app[LEDGER_KEY]
+    app[SETTLEMENT_KEY] = Settlement.over(
+        ledger, app[BATCHER_KEY], app[WALLETS_KEY], app[QUOTES_KEY].lookup, ledger.clock
+    )
+    yield
 
 
 def _version() -> str:

@@ -6,6 +6,8 @@
     ledger serve            serve the HTTP API (--host, --port, --workers N on PostgreSQL)
     ledger institutions     add, list, rotate-key: institutions and their keys (--json)
     ledger wallets show     one wallet of an institution (--json)
+    ledger fx set-rate      set a pair's rate: `ledger fx set-rate HKD CNY 0.9234 --spread-bps 50` (--json)
+    ledger fx rates         the current rate of each pair, or every rate set (--history, --limit, --json)
     ledger demo             init, serve the API in this process, and run a small corridor through it
                             as the operator and two institutions (signed requests, LedgerClient)
     ledger audit verify     recompute the audit chain, signatures and balances (--anchor SEQ:HASH)
@@ -24,9 +26,11 @@ import base64
 import contextlib
 import datetime
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -57,6 +61,7 @@ from ledger.money import Currency
 from service import serve
 from service.config import Settings
 from service.serve import HOST_DEFAULT, PORT_DEFAULT, WORKERS_MAX
+from settlement.rates import HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, Rate, RateBook
 from wallets.errors import NotFound, WalletError
 from wallets.model import Institution, InstitutionKind, Wallet
 from wallets.service import WalletBook
@@ -375,6 +380,67 @@ async def wallets_show(
     return 0
 
 
+# -- FX rates (on the host, through the RateBook) -------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def open_rate_book(settings: Settings) -> AsyncIterator[RateBook]:
+    ledger = Ledger(create_engine(settings.database_url), read_signing_key(settings.signing_key_path))
+    try:
+        yield RateBook(ledger)
+    finally:
+        await ledger.close()
+
+
+async def fx_set_rate(
+    settings: Settings, console: Console, source: str, target: str, mid_rate: Decimal, spread_bps: int, *, as_json: bool
+) -> int:
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_rate_book(settings) as book:
+        rate = await book.set_rate(source, target, mid_rate, spread_bps, actor=CLI_ACTOR)
+    if as_json:
+        _print_json(_rate_json(rate))
+    else:
+        console.print(f"{source}→{target} quotes use {rate.customer_rate} from now on")
+        console.print(_rates_table([rate], title="Rate set"))
+    return 0
+
+
+async def fx_rates(settings: Settings, console: Console, *, history: bool, limit: int, as_json: bool) -> int:
+    if (code := _no_initialised_ledger(settings, console)) != 0:
+        return code
+    async with open_rate_book(settings) as book:
+        rates = (await book.history(limit=limit))[0] if history else await book.current_rates()
+    if as_json:
+        _print_json({"items": [_rate_json(rate) for rate in rates]})
+    elif rates:
+        console.print(_rates_table(rates, title="Rates set, newest first" if history else "Current rates"))
+    else:
+        console.print("no rates yet: `ledger fx set-rate HKD CNY 0.9234 --spread-bps 50` sets one")
+    return 0
+
+
+def _rate_json(rate: Rate) -> dict[str, Any]:
+    return {
+        "id": rate.id, "source_currency": rate.source_currency, "target_currency": rate.target_currency,
+        "mid_rate": format(rate.mid_rate, "f"), "spread_bps": rate.spread_bps,
+        "customer_rate": format(rate.customer_rate, "f"), "set_at": _timestamp(rate.set_at_us), "set_by": rate.actor,
+    }  # fmt: skip
+
+
+def _rates_table(rates: Sequence[Rate], *, title: str) -> Table:
+    table = Table(title=title)
+    for column in ("pair", "mid rate", "spread (bps)", "customer rate", "set at", "set by"):
+        table.add_column(column)
+    for rate in rates:
+        table.add_row(
+            f"{rate.source_currency}→{rate.target_currency}", format(rate.mid_rate, "f"), str(rate.spread_bps),
+            format(rate.customer_rate, "f"), _timestamp(rate.set_at_us), rate.actor,
+        )  # fmt: skip
+    return table
+
+
 def _print_json(document: object) -> None:
     # Plain print on stdout: meant for scripts (jq), not wrapped or coloured by the console.
     print(json.dumps(document, indent=2, ensure_ascii=False))
@@ -515,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands.add_parser("head", help="print the newest block as SEQUENCE:HASH, to record outside the ledger")
     _add_institutions_parser(commands)
     _add_wallets_parser(commands)
+    _add_fx_parser(commands)
     return parser
 
 
@@ -556,6 +623,34 @@ def _add_wallets_parser(commands: argparse._SubParsersAction) -> None:
     show.add_argument("wallet_id", metavar="WALLET_ID", type=UUID)
     show.add_argument("--institution", required=True, metavar="ID", help="the institution the wallet belongs to")
     _add_json_flag(show)
+
+
+def _add_fx_parser(commands: argparse._SubParsersAction) -> None:
+    fx = commands.add_parser("fx", help="FX rates (on the host)")
+    actions = fx.add_subparsers(dest="fx_command", required=True)
+    set_rate = actions.add_parser("set-rate", help="the rate quotes of a pair use from now on (history is kept)")
+    set_rate.add_argument("source_currency", metavar="SOURCE", help="HKD or CNY")
+    set_rate.add_argument("target_currency", metavar="TARGET", help="CNY or HKD")
+    set_rate.add_argument(
+        "mid_rate", metavar="MID_RATE", type=_rate_text, help="target per one source unit, e.g. 0.9234"
+    )
+    set_rate.add_argument(
+        "--spread-bps", type=_bounded_int(0, 10_000), default=0, help="taken off the mid rate (default 0)"
+    )
+    _add_json_flag(set_rate)
+    rates = actions.add_parser("rates", help="the current rate of each pair, or every rate set")
+    rates.add_argument("--history", action="store_true", help="every rate set, newest first")
+    rates.add_argument(
+        "--limit", type=_bounded_int(1, HISTORY_PAGE_MAX), default=HISTORY_PAGE_DEFAULT, help="with --history"
+    )
+    _add_json_flag(rates)
+
+
+def _rate_text(text: str) -> Decimal:
+    # A plain decimal, as the HTTP API takes it: no sign, exponent, NaN or Infinity.
+    if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text) or len(text) > 40:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate such as 0.9234")
+    return Decimal(text)
 
 
 def _add_json_flag(parser: argparse.ArgumentParser) -> None:
@@ -612,6 +707,8 @@ def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         return asyncio.run(_run_institutions(args, settings, console))
     if args.command == "wallets" and args.wallets_command == "show":
         return asyncio.run(wallets_show(settings, console, args.wallet_id, args.institution, as_json=args.json))
+    if args.command == "fx":
+        return asyncio.run(_run_fx(args, settings, console))
     if args.command == "migrate":
         asyncio.run(migrate_only(settings, console))
         return 0
@@ -635,6 +732,17 @@ async def _run_institutions(args: argparse.Namespace, settings: Settings, consol
         return await institutions_rotate_key(
             settings, console, args.institution_id, args.public_key, args.retire, as_json=args.json
         )
+    return 2
+
+
+async def _run_fx(args: argparse.Namespace, settings: Settings, console: Console) -> int:
+    if args.fx_command == "set-rate":
+        return await fx_set_rate(
+            settings, console, args.source_currency, args.target_currency, args.mid_rate, args.spread_bps,
+            as_json=args.json,
+        )  # fmt: skip
+    if args.fx_command == "rates":
+        return await fx_rates(settings, console, history=args.history, limit=args.limit, as_json=args.json)
     return 2
 
 

@@ -12,6 +12,7 @@ retry after a long ``Retry-After`` still has a ``created`` inside the server's 3
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import json as json_module
 import random
@@ -25,7 +26,7 @@ from typing import Any
 from uuid import UUID
 
 import aiohttp
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 from yarl import URL
 
 from ledger.ids import uuid7
@@ -315,6 +316,40 @@ class LedgerClient:
     async def audit_head(self) -> dict[str, Any]:
         return (await self.get("/v1/audit/head")).data
 
+    async def set_rate(
+        self, source_currency: str, target_currency: str, mid_rate: str | Decimal, spread_bps: int
+    ) -> dict[str, Any]:
+        """Operator only: the pair's rate from now on (``mid_rate`` target per source unit)."""
+        payload = {
+            "source_currency": source_currency, "target_currency": target_currency,
+            "mid_rate": mid_rate, "spread_bps": spread_bps,
+        }  # fmt: skip
+        return (await self.post("/v1/fx/rates", payload)).data
+
+    async def rates(
+        self, *, history: bool = False, limit: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """The current rate of each pair, or with ``history`` one page of every rate set, newest first."""
+        params = (_page(limit, cursor) or {}) | ({"history": "true"} if history else {})
+        return (await self.get("/v1/fx/rates", params or None)).data
+
+    async def quote(
+        self,
+        source_currency: str,
+        target_currency: str,
+        *,
+        source_amount: str | Decimal | None = None,
+        target_amount: str | Decimal | None = None,
+    ) -> dict[str, Any]:
+        """A signed quote; give exactly one amount. Check it with :func:`verify_quote`."""
+        payload: dict[str, Any] = {"source_currency": source_currency, "target_currency": target_currency}
+        amounts = {"source_amount": source_amount, "target_amount": target_amount}
+        payload |= {name: amount for name, amount in amounts.items() if amount is not None}
+        return (await self.post("/v1/fx/quotes", payload)).data
+
+    async def get_quote(self, quote_id: UUID | str) -> dict[str, Any]:
+        return (await self.get(f"/v1/fx/quotes/{_segment(quote_id)}")).data
+
     async def request(
         self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> LedgerResponse:
@@ -465,6 +500,27 @@ def _json_or_none(headers: Mapping[str, str], content: bytes) -> Any:
         return json_module.loads(content)
     except ValueError:
         return None
+
+
+# --- quotes ------------------------------------------------------------------------------------------
+
+QUOTE_SIGNED_FIELDS = (
+    "id", "source_currency", "target_currency", "rate", "source_amount", "target_amount", "created_at", "expires_at",
+)  # fmt: skip
+
+
+def quote_canonical_json(quote: Mapping[str, Any]) -> bytes:
+    """The bytes the ledger signed for a quote answer: its signed fields as compact JSON with sorted
+    keys, exactly as answered (``settlement.fx.canonical_quote_json`` on the server's side)."""
+    signed = {name: quote[name] for name in QUOTE_SIGNED_FIELDS}
+    return json_module.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def verify_quote(quote: Mapping[str, Any], ledger_public_key: str) -> None:
+    """Raise ``nacl.exceptions.BadSignatureError`` unless the ledger signed this quote answer.
+    ``ledger_public_key`` is ``GET /v1/audit/head``'s ``public_key`` (base64), recorded once."""
+    key = VerifyKey(base64.b64decode(ledger_public_key, validate=True))
+    key.verify(quote_canonical_json(quote), base64.b64decode(quote["signature"], validate=True))
 
 
 # --- signing for curl ----------------------------------------------------------------------------------

@@ -13,12 +13,13 @@ Statuses follow ``service.problems.CODES`` except where said below.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ledger import ResultCode
 from service.problems import CODES, ProblemError
+from settlement.fx import FxError, InvalidQuoteAmount
 from wallets.errors import WalletError
 
 # A batch member that was not applied only because another member of its atomic batch was
@@ -142,3 +143,20 @@ def wallet_errors() -> Iterator[None]:
         yield
     except WalletError as error:
         raise wallet_problem(error) from None
+
+
+@contextmanager
+def fx_errors(pointers: Mapping[type[FxError], str]) -> Iterator[None]:
+    """The FX desk's refusals as problems: its wallets-style errors (an unsupported pair, no rate,
+    a quote not found or expired) as :func:`wallet_errors` does, and ``settlement.fx``'s input
+    errors as 400 ``invalid_request`` naming the field ``pointers`` gives for the error's kind.
+    A quote amount that prices to nothing or past the maximum is 422 ``invalid_amount``: the amount
+    is well formed, the conversion is not possible."""
+    try:
+        yield
+    except WalletError as error:
+        raise wallet_problem(error) from None
+    except FxError as error:
+        pointer = next((pointer for kind, pointer in pointers.items() if isinstance(error, kind)), "#")
+        code, status = ("invalid_amount", 422) if isinstance(error, InvalidQuoteAmount) else ("invalid_request", 400)
+        raise ProblemError(code, str(error), status, errors=[{"pointer": pointer, "detail": str(error)}]) from None

@@ -16,6 +16,8 @@ from service.config import Settings
 from service.key_resolver import InstitutionKeyResolver
 from service.metrics import ServiceMetrics
 from settlement.desks import Settlement
+from settlement.quotes import QuoteDesk
+from settlement.rates import RateBook
 from wallets.service import WalletBook
 
 
@@ -44,6 +46,9 @@ METRICS_KEY = web.AppKey("metrics", ServiceMetrics)
 WALLETS_KEY = web.AppKey("wallets", WalletBook)
 # The settlement layer's desks over the same ledger, batcher and wallets.
 SETTLEMENT_KEY = web.AppKey("settlement", Settlement)
+# The FX desk over the ledger: operators' rates, and the quotes the ledger signs.
+RATES_KEY = web.AppKey("rates", RateBook)
+QUOTES_KEY = web.AppKey("quotes", QuoteDesk)
 # Institutions' active public keys for the default authenticator, cached briefly; the key routes
 # forget an institution's entry when they change its keys.
 KEY_RESOLVER_KEY = web.AppKey("key_resolver", InstitutionKeyResolver)

@@ -246,7 +246,10 @@ def _success_response(status: int, model: object, refs: Mapping) -> dict[str, An
             "application/json": {"schema": refs[(model.model, "serialization")]},
             model.raw.content_type: {"schema": dict(model.raw.schema)},
         }
-        return {"description": f"{model.model.__doc__ or model.model.__name__} {model.raw.description}", "content": content}
+        return {
+            "description": f"{model.model.__doc__ or model.model.__name__} {model.raw.description}",
+            "content": content,
+        }
     schema = refs[(model, "serialization")]
     return {"description": model.__doc__ or model.__name__, "content": {"application/json": {"schema": schema}}}
 

@@ -1,5 +1,5 @@
 """Edge models: money fields, pages, problems, health answers, and the resources' request and
-response bodies (institutions, wallets, transfers, the audit head).
+response bodies (institutions, wallets, transfers, the audit head, FX rates and quotes).
 
 Pydantic checks syntax only (Cosmic Python: syntax at the edge, meaning in the service layer). An
 amount here is text that *looks* like a positive decimal; whether it fits its currency (decimals,
@@ -17,7 +17,7 @@ from uuid import UUID
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
 from ledger.money import Currency, parse_amount
@@ -525,3 +525,140 @@ class BatchOut(ResponseModel):
     carried_out: list[ObligationOut]
     history: list[StatusChangeOut]
     signature: str
+
+
+# -- FX rates and quotes -----------------------------------------------------------------------
+
+# Generous for any rate (a mid rate has at most 28 places and is at most 1,000,000).
+RATE_TEXT_LENGTH_MAX = 40
+SPREAD_BPS_MAX = 10_000
+
+RateStr = Annotated[
+    str,
+    Field(
+        pattern=AMOUNT_PATTERN,
+        max_length=RATE_TEXT_LENGTH_MAX,
+        examples=["0.9234"],
+        description="Target currency per one unit of source currency, as a positive decimal string; never a "
+        "JSON number.",
+    ),
+]
+
+
+class FxRateCreate(RequestModel):
+    """The rate that quotes of the pair use from now on."""
+
+    source_currency: CurrencyCode
+    target_currency: CurrencyCode
+    mid_rate: RateStr
+    spread_bps: int = Field(
+        ge=0, le=SPREAD_BPS_MAX, description="The institution's spread in basis points, taken off the mid rate."
+    )
+
+
+class FxRateOut(ResponseModel):
+    """A rate as an operator set it, and the customer rate quotes get from it."""
+
+    id: int = Field(description="Increases with every rate set; the newest of a pair is its current rate.")
+    source_currency: str
+    target_currency: str
+    mid_rate: str = Field(examples=["0.9234"])
+    spread_bps: int
+    customer_rate: str = Field(
+        examples=["0.9187830000"],
+        description="mid_rate × (1 − spread_bps / 10,000), rounded down to 10 decimal places: the rate quotes show.",
+    )
+    set_at: datetime.datetime
+    set_by: str = Field(description="The operator that set it.")
+
+
+class FxQuoteCreate(RequestModel):
+    """Give exactly one amount: ``target_amount`` (the merchant's price, paid exactly) or
+    ``source_amount`` (what the payer spends)."""
+
+    source_currency: CurrencyCode
+    target_currency: CurrencyCode
+    source_amount: AmountStr | None = Field(default=None, description="In the source currency; or target_amount.")
+    target_amount: AmountStr | None = Field(default=None, description="In the target currency; or source_amount.")
+
+    @model_validator(mode="after")
+    def _exactly_one_amount(self) -> FxQuoteCreate:
+        if (self.source_amount is None) == (self.target_amount is None):
+            raise ValueError("give exactly one of source_amount and target_amount")
+        return self
+
+
+def _canonical_time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class FxQuoteOut(ResponseModel):
+    """A quote the ledger signed. ``signature`` is base64 of the ledger's Ed25519 signature over the
+    quote's canonical JSON: the eight fields below other than ``signature``, with sorted keys, no
+    spaces, ASCII, exactly as answered here (times with microseconds and ``Z``). The ledger's public
+    key is ``GET /v1/audit/head``'s ``public_key``."""
+
+    id: UUID
+    source_currency: str
+    target_currency: str
+    rate: str = Field(examples=["0.9187830000"], description="The customer rate, on a fixed 10-place scale.")
+    source_amount: str = Field(examples=["139.86"])
+    target_amount: str = Field(examples=["128.50"])
+    created_at: datetime.datetime
+    expires_at: datetime.datetime = Field(description="Usable until just before this instant.")
+    signature: str
+
+    @field_serializer("created_at", "expires_at")
+    def _times_as_signed(self, moment: datetime.datetime) -> str:
+        return _canonical_time(moment)
+
+
+# -- cross-border payments -----------------------------------------------------------------------
+
+
+class PaymentCreate(RequestModel):
+    """Pay a Shenzhen merchant from a Hong Kong wallet at a quote's rate: ``amount`` and ``currency``
+    are the quote's target (CNY), ``quote_id`` a quote issued to the caller, unexpired and unused."""
+
+    id: UUID
+    payer_wallet_id: UUID
+    merchant_wallet_id: UUID
+    amount: AmountStr
+    currency: CurrencyCode
+    quote_id: UUID
+
+
+class PaymentOut(ResponseModel):
+    id: UUID
+    status: Literal["completed", "partially_refunded", "refunded"]
+    payer_wallet_id: UUID
+    merchant_wallet_id: UUID
+    source_amount: str
+    source_currency: str
+    target_amount: str
+    target_currency: str
+    amount: str = Field(description="The merchant's price: the target amount.")
+    currency: str
+    rate: str
+    quote_id: UUID
+    refunded_amount: str = Field(description="CNY refunded so far.")
+    settlement_window_id: int
+    created_at: datetime.datetime
+
+
+class RefundCreate(RequestModel):
+    """Refund a payment, in whole (no ``amount``: what remains) or in part (CNY)."""
+
+    id: UUID
+    amount: AmountStr | None = None
+
+
+class RefundOut(ResponseModel):
+    id: UUID
+    payment_id: UUID
+    amount: str = Field(description="CNY taken back from the merchant.")
+    currency: str
+    source_amount: str = Field(description="HKD given back to the customer, at the payment's rate.")
+    source_currency: str
+    settlement_window_id: int
+    created_at: datetime.datetime

@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from nacl.signing import SigningKey
 
+import settlement.fx_tables
 import settlement.tables  # noqa: F401  (the upper layers' tables join the MetaData the migration test compares)
 import wallets.schema  # noqa: F401
 from ledger import Ledger

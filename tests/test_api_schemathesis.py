@@ -87,7 +87,14 @@ PENDING_TRANSFER = uuid.UUID("019a0000-0000-7000-8000-0000000000a2")
 WALLET_IDS = [str(ALPHA_CNY), str(ALPHA_CNY_EMPTY), str(ALPHA_HKD), str(BETA_MERCHANT)]
 TRANSFER_IDS = [str(POSTED_TRANSFER), str(PENDING_TRANSFER)]
 INSTITUTION_IDS = [OPERATOR.id, ALPHA.id, BETA.id]
-KNOWN_PATH_IDS = {"/v1/institutions/": INSTITUTION_IDS, "/v1/wallets/": WALLET_IDS, "/v1/transfers/": TRANSFER_IDS}
+# Quote ids are the ledger's, learnt when the seed asks for one (refilled for each database's run).
+QUOTE_IDS: list[str] = []
+KNOWN_PATH_IDS = {
+    "/v1/institutions/": INSTITUTION_IDS,
+    "/v1/wallets/": WALLET_IDS,
+    "/v1/transfers/": TRANSFER_IDS,
+    "/v1/fx/quotes/": QUOTE_IDS,
+}
 
 
 class LedgerServer:
@@ -177,6 +184,15 @@ async def _seed(api: Api) -> None:
     transfer = {"source_wallet_id": str(ALPHA_CNY), "target_wallet_id": str(ALPHA_CNY_EMPTY), "currency": "CNY"}
     await ok(ALPHA, "/v1/transfers", {"id": str(POSTED_TRANSFER), "amount": "10.00", **transfer})
     await ok(ALPHA, "/v1/transfers", {"id": str(PENDING_TRANSFER), "amount": "5.00", "pending": True, **transfer})
+    # Rates for both directions, so that generated quote requests can be priced.
+    for source, target, mid in (("HKD", "CNY", "0.9234"), ("CNY", "HKD", "1.083")):
+        rate = {"source_currency": source, "target_currency": target, "mid_rate": mid, "spread_bps": 50}
+        await ok(OPERATOR, "/v1/fx/rates", rate)
+    quote = await api.post(
+        ALPHA, "/v1/fx/quotes", {"source_currency": "HKD", "target_currency": "CNY", "target_amount": "10.00"}
+    )
+    assert quote.status == 201, quote.body
+    QUOTE_IDS[:] = [quote.body["id"]]
 
 
 # -- signing -----------------------------------------------------------------------------------
@@ -214,7 +230,7 @@ def signer_for(path: str) -> Party | None:
         return None
     if path.startswith("/v1/institutions/{id}/keys"):
         return BETA
-    return OPERATOR if path.startswith("/v1/institutions") else ALPHA
+    return OPERATOR if path.startswith(("/v1/institutions", "/v1/fx/rates")) else ALPHA
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
@@ -413,3 +414,56 @@ def test_demo_refuses_a_negative_burst(tmp_path, monkeypatch):
         cli.main(["demo", "--payments", "-1"])
     assert exit_info.value.code == 2
     assert not (tmp_path / "data").exists()
+
+
+def test_fx_set_rate_and_rates_on_the_host_with_tables_and_json(on_the_host, capsys):
+    assert on_the_host(capsys, "init")[0] == 0
+    code, out, _ = on_the_host(capsys, "fx", "rates")
+    assert code == 0 and "ledger fx set-rate" in out  # no rates yet: says how to set one
+
+    code, out, _ = on_the_host(capsys, "fx", "set-rate", "HKD", "CNY", "0.9200", "--spread-bps", "40", "--json")
+    assert code == 0
+    first = json.loads(out)
+    assert (first["mid_rate"], first["spread_bps"], first["customer_rate"]) == ("0.9200", 40, "0.9163200000")
+    assert first["set_by"] == "ledger-cli" and first["set_at"].endswith("Z")
+    code, out, _ = on_the_host(capsys, "fx", "set-rate", "HKD", "CNY", "0.9234", "--spread-bps", "50")
+    assert code == 0 and "0.9187830000" in out and "HKD→CNY" in out
+
+    code, out, _ = on_the_host(capsys, "fx", "rates", "--json")
+    assert code == 0 and [item["mid_rate"] for item in json.loads(out)["items"]] == ["0.9234"]
+    code, out, _ = on_the_host(capsys, "fx", "rates", "--history", "--json")
+    assert [item["mid_rate"] for item in json.loads(out)["items"]] == ["0.9234", "0.9200"]
+    code, out, _ = on_the_host(capsys, "fx", "rates", "--history", "--limit", "1", "--json")
+    assert [item["mid_rate"] for item in json.loads(out)["items"]] == ["0.9234"]
+    code, out, _ = on_the_host(capsys, "fx", "rates", "--history")
+    assert code == 0 and "Rates set, newest first" in out and "0.9200" in out and "0.9234" in out
+
+
+def test_fx_set_rate_refuses_another_pair_a_bad_rate_or_spread_with_exit_2(on_the_host, capsys):
+    assert on_the_host(capsys, "init")[0] == 0
+    code, out, _ = on_the_host(capsys, "fx", "set-rate", "HKD", "USD", "7.8")
+    assert code == 2 and "HKD to CNY" in out
+    code, out, _ = on_the_host(capsys, "fx", "set-rate", "HKD", "CNY", "0")
+    assert code == 2 and "greater than zero" in out
+    code, out, _ = on_the_host(capsys, "fx", "set-rate", "HKD", "CNY", "0.92", "--spread-bps", "10000")
+    assert code == 2 and "rounds to zero" in out
+    for argv in (["0.92", "--spread-bps", "10001"], ["-0.92"], ["9e-1"], ["NaN"]):
+        with pytest.raises(SystemExit) as exit_info:  # argparse refuses it before the ledger is opened
+            cli.main(["fx", "set-rate", "HKD", "CNY", *argv])
+        assert exit_info.value.code == 2
+    code, out, _ = on_the_host(capsys, "fx", "rates", "--json")
+    assert json.loads(out)["items"] == []
+
+
+def test_fx_commands_before_init_say_to_run_it(on_the_host, capsys):
+    code, out, _ = on_the_host(capsys, "fx", "rates")
+    assert code == 2 and "ledger init" in out
+
+
+async def test_fx_commands_work_on_both_databases(settings, capsys):
+    assert await cli.init(settings, quiet()) == 0
+    assert await cli.fx_set_rate(settings, quiet(), "CNY", "HKD", Decimal("1.083"), 25, as_json=False) == 0
+    capsys.readouterr()
+    assert await cli.fx_rates(settings, quiet(), history=False, limit=50, as_json=True) == 0
+    [rate] = json.loads(capsys.readouterr().out)["items"]
+    assert (rate["source_currency"], rate["target_currency"], rate["customer_rate"]) == ("CNY", "HKD", "1.0802925000")

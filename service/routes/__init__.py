@@ -4,13 +4,15 @@ table listed in ``ROUTE_TABLES``; a new resource module adds its table here."""
 from __future__ import annotations
 
 from service.openapi import RouteTable
-from service.routes import audit, institutions, operations, settlement, transfers, wallets
+from service.routes import audit, fx, institutions, operations, payments, settlement, transfers, wallets
 
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     operations.routes,
     institutions.routes,
     wallets.routes,
     transfers.routes,
+    fx.routes,
+    payments.routes,
     settlement.routes,
     audit.routes,
 )

@@ -239,7 +239,9 @@ async def add_liquidity(request: web.Request) -> web.Response:
     amount_minor = minor_units(body.amount, currency)
     with wallet_errors():
         result = await shielded(
-            settlement(request).liquidity.prefund(institution.id, body.id, amount_minor, currency.code, actor=operator.id)
+            settlement(request).liquidity.prefund(
+                institution.id, body.id, amount_minor, currency.code, actor=operator.id
+            )
         )
     if not result.ok:
         return await outcome_response(request, TransferOutcome(result.code, None, result.replayed))
@@ -270,4 +272,3 @@ async def set_cap_policy(request: web.Request) -> web.Response:
             institution.id, body.beyond_liquidity, actor=operator.id
         )
     return json_response(await _position(request, institution))
-
