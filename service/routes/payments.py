@@ -108,7 +108,13 @@ async def create_payment(request: web.Request) -> web.Response:
     return _answer(await _payment_out(request, outcome.payment), outcome.replayed)
 
 
-@routes.route("GET", "/v1/payments/{id}", summary="One of the caller's payments", responses={200: PaymentOut})
+@routes.route(
+    "GET",
+    "/v1/payments/{id}",
+    summary="One of the caller's payments",
+    responses={200: PaymentOut},
+    problems=["not_found"],
+)
 async def get_payment(request: web.Request) -> web.Response:
     payment_id = uuid_in_path(request)
     with wallet_errors():

@@ -66,6 +66,7 @@ async def _window_out(request: web.Request, window: Window) -> WindowOut:
     summary="Settlement windows, newest first",
     description="Paged by `limit` and `cursor`; every institution may read them.",
     responses={200: Page[WindowOut]},
+    problems=["invalid_request"],
 )
 async def list_windows(request: web.Request) -> web.Response:
     limit, cursor = page_params(request)
@@ -76,7 +77,13 @@ async def list_windows(request: web.Request) -> web.Response:
     return json_response(Page[WindowOut](items=items, next_cursor=next_cursor))
 
 
-@routes.route("GET", "/v1/settlement/windows/{id}", summary="A settlement window", responses={200: WindowOut})
+@routes.route(
+    "GET",
+    "/v1/settlement/windows/{id}",
+    summary="A settlement window",
+    responses={200: WindowOut},
+    problems=["not_found"],
+)
 async def get_window(request: web.Request) -> web.Response:
     window = await settlement(request).windows.get(_window_id(request))
     if window is None:
@@ -94,7 +101,7 @@ async def _batch_answer(request: web.Request, batch: Batch, viewer: str | None, 
     "/v1/settlement/windows/{id}/close",
     summary="Close the open window (operator): the next opens; answers the closed window's batch",
     responses={201: BatchOut},
-    problems=["forbidden", "window_not_open"],
+    problems=["forbidden", "window_not_open", "not_found"],
 )
 async def close_window(request: web.Request) -> web.Response:
     operator = await require_operator(request)
@@ -124,6 +131,7 @@ async def _batch(request: web.Request) -> Batch:
     "/v1/settlement/batches/{id}",
     summary="A settlement batch (operator: all of it; a participant: its own part)",
     responses={200: BatchOut},
+    problems=["not_found"],
 )
 async def get_batch(request: web.Request) -> web.Response:
     batch = await _batch(request)
@@ -139,7 +147,7 @@ async def get_batch(request: web.Request) -> web.Response:
     "which are carried into the open window (`carried_out`), and the rest settles (`unwound`). "
     "Batches settle oldest first; a settled batch answers as it is.",
     responses={200: BatchOut},
-    problems=["forbidden", "batch_not_settleable"],
+    problems=["forbidden", "batch_not_settleable", "not_found"],
 )
 async def settle_batch(request: web.Request) -> web.Response:
     operator = await require_operator(request)
@@ -155,6 +163,7 @@ async def settle_batch(request: web.Request) -> web.Response:
     summary="A batch's report, as signed JSON (`format=json`, the default) or CSV (`format=csv`)",
     description=f"The CSV carries the signature of the JSON report in the `{REPORT_SIGNATURE_HEADER}` header.",
     responses={200: JsonOrRaw(BatchOut, RawResponse("text/csv", "or its figures as CSV"))},
+    problems=["not_found", "invalid_request"],
 )
 async def batch_report(request: web.Request) -> web.Response:
     report_format = request.query.get("format", "json")
@@ -216,6 +225,7 @@ def _text(minor: int, currency: Currency) -> str:
     "/v1/institutions/{id}/position",
     summary="An institution's liquidity, caps and settlement position (operator, or itself)",
     responses={200: PositionOut},
+    problems=["not_found"],
 )
 async def get_position(request: web.Request) -> web.Response:
     return json_response(await _position(request, await _institution_for(request, operator_only=False)))
