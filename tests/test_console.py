@@ -217,7 +217,7 @@ async def test_the_windows_pages_show_the_ledgers_figures(api):
     assert 'id="open-obligations">2<' in text and 'data-currency="CNY">133.45<' in text
     async with api.client.get(f"/console/settlement/windows/{window_id}") as page:
         text = await page.text()
-    assert "<svg" in text and "hk-alphapay pays -133.45 CNY" in text and "sz-bank receives 133.45 CNY" in text
+    assert "<svg" in text and "hk-alphapay pays 133.45 CNY" in text and "sz-bank receives 133.45 CNY" in text
     assert re.search(r"<td>open</td>\s*<td>[^<]+</td>\s*<td>system</td>", text)
 
 
