@@ -14,8 +14,9 @@ import os
 from alembic import context
 from sqlalchemy.engine import Connection
 
+import service.console.tables  # noqa: F401  (their tables join the one MetaData)
 import settlement.fx_tables
-import settlement.tables  # noqa: F401  (their tables join the one MetaData)
+import settlement.tables  # noqa: F401
 import wallets.schema  # noqa: F401
 from ledger.db import create_engine
 from ledger.schema import metadata

@@ -26,6 +26,7 @@ from ledger.errors import LedgerShuttingDown
 from ledger.keys import read_signing_key
 from service.auth import verify_aiohttp_request
 from service.config import Settings
+from service.console.setup import setup_console
 from service.handlers import BODY_SIZE_MAX_BYTES_DEFAULT
 from service.key_resolver import InstitutionKeyResolver
 from service.keys import (
@@ -125,6 +126,7 @@ def create_app(
     app.cleanup_ctx.append(_wallets_context)
     app.cleanup_ctx.append(_fx_context)
     app.cleanup_ctx.append(_settlement_context)
+    setup_console(app)  # /console: operator pages with their own cookie sessions (not /v1 signatures)
     specs = [spec for table in (*ROUTE_TABLES, *route_tables) for spec in table.specs]
     add_routes(app, specs)
     add_docs_routes(app, build_openapi([*specs, *DOCS_SPECS], title=API_TITLE, version=_version()))

@@ -12,6 +12,8 @@
                             as the operator and two institutions (signed requests, LedgerClient)
     ledger audit verify     recompute the audit chain, signatures and balances (--anchor SEQ:HASH)
     ledger audit head       print the newest block as SEQ:HASH, to record outside the ledger
+    ledger console-login    print a one-time operator console link (5 minutes), signed with operator.key
+    ledger console-sign     sign the console sign-in page's challenge with operator.key
 
 The database is ``LEDGER_DATABASE_URL`` (default: SQLite in ``LEDGER_DATA_DIR``, ``./ledger-data``).
 The institution and wallet commands talk to the database directly, through the WalletBook: an
@@ -60,6 +62,8 @@ from ledger.keys import (
 from ledger.money import Currency
 from service import serve
 from service.config import Settings
+from service.console import routes as console_routes
+from service.console.tokens import LoginStatement, MalformedToken, login_token, signature_text
 from service.serve import HOST_DEFAULT, PORT_DEFAULT, WORKERS_MAX
 from settlement.rates import HISTORY_PAGE_DEFAULT, HISTORY_PAGE_MAX, Rate, RateBook
 from wallets.errors import NotFound, WalletError
@@ -261,6 +265,44 @@ async def demo(settings: Settings, console: Console, payments: int) -> int:
     from service import demo as demo_module  # it imports init and the key paths from here
 
     return await demo_module.run(settings, console, payments)
+
+
+# -- the operator console ---------------------------------------------------------------------
+
+
+def console_login(settings: Settings, console: Console, base_url: str, operator_id: str, key_file: Path | None) -> int:
+    """Print a login link: a statement (operator, expiry in 5 minutes, nonce) signed with the
+    operator's key, which any worker checks against the operator's registered keys, once."""
+    signing_key = _operator_signing_key(settings, console, key_file)
+    if signing_key is None:
+        return 2
+    statement = LoginStatement.new(operator_id, int(time.time()))
+    # Plain print: the link is meant to be copied or piped, not wrapped by the console.
+    print(console_routes.login_url(base_url, login_token(statement, signing_key)))
+    return 0
+
+
+def console_sign(settings: Settings, console: Console, challenge: str, key_file: Path | None) -> int:
+    """Sign a sign-in challenge; anything that is not a console login statement is refused, so
+    that this command can never be made to sign a request."""
+    try:
+        statement = LoginStatement.parse(challenge)
+    except MalformedToken as error:
+        console.print(f"[red]{error}[/]")
+        return 2
+    signing_key = _operator_signing_key(settings, console, key_file)
+    if signing_key is None:
+        return 2
+    print(signature_text(statement.sign(signing_key)))
+    return 0
+
+
+def _operator_signing_key(settings: Settings, console: Console, key_file: Path | None) -> SigningKey | None:
+    path = key_file or operator_key_path(settings)
+    if not path.exists():
+        console.print(f"[red]no operator key at {path}: pass --key-file, or run `ledger init` here[/]")
+        return None
+    return read_signing_key(path)
 
 
 # -- serving ---------------------------------------------------------------------------------
@@ -582,7 +624,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_institutions_parser(commands)
     _add_wallets_parser(commands)
     _add_fx_parser(commands)
+    _add_console_parsers(commands)
     return parser
+
+
+def _add_console_parsers(commands: argparse._SubParsersAction) -> None:
+    login = commands.add_parser(
+        "console-login", help="print a one-time operator console link, valid 5 minutes (signed with operator.key)"
+    )
+    login.add_argument(
+        "--url", default=f"http://{HOST_DEFAULT}:{PORT_DEFAULT}", help="the server's base URL, as the browser sees it"
+    )
+    login.add_argument("--operator", default=OPERATOR_ID, help=f"the operator's id (default {OPERATOR_ID})")
+    login.add_argument("--key-file", type=Path, help="the operator's seed (default <data dir>/operator.key)")
+    sign = commands.add_parser("console-sign", help="sign the console sign-in page's challenge with operator.key")
+    sign.add_argument("challenge", metavar="CHALLENGE", help="the challenge as the sign-in page shows it")
+    sign.add_argument("--key-file", type=Path, help="the operator's seed (default <data dir>/operator.key)")
 
 
 def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
@@ -718,6 +775,10 @@ def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         return asyncio.run(audit_verify(settings, console, args.public_key, args.anchor))
     if args.command == "audit" and args.audit_command == "head":
         return asyncio.run(audit_head(settings, console))
+    if args.command == "console-login":
+        return console_login(settings, console, args.url, args.operator, args.key_file)
+    if args.command == "console-sign":
+        return console_sign(settings, console, args.challenge, args.key_file)
     return 2
 
 

@@ -5,7 +5,8 @@
 3. errors: EVERY exception becomes an RFC 9457 problem (a bug is a 500 with no traceback in the
    body, logged with its traceback and the request id);
 4. body limits: a declared Content-Length over the maximum is refused before anything is read,
-   and a body sent to a route must be JSON (``read_json`` also counts the bytes as they arrive);
+   and a body sent to a route must be JSON (``read_json`` also counts the bytes as they arrive),
+   except the console's HTML forms under ``/console/``;
 5. authentication: every ``/v1/`` request is verified by the app's authenticator before routing
    reaches its handler, unknown ``/v1/`` paths included (no unsigned probing of which exist).
 """
@@ -22,6 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ledger.errors import LedgerError
 from ledger.ids import uuid7
+from service.console.state import CONSOLE_PATH_PREFIX
 from service.handlers import is_json_content_type, read_body, too_large
 from service.keys import AUTHENTICATOR_KEY, BODY_SIZE_MAX_KEY, CALLER_KEY, METRICS_KEY, REQUEST_ID_KEY
 from service.metrics import route_template
@@ -111,7 +113,10 @@ async def body_limit_middleware(request: web.Request, handler) -> web.StreamResp
     if request.content_length is not None and request.content_length > limit_bytes:
         raise too_large(limit_bytes)
     routed = request.match_info.http_exception is None
-    if routed and request.method in BODY_METHODS and request.body_exists and not is_json_content_type(request):
+    # The console's forms are HTML forms (application/x-www-form-urlencoded), not JSON.
+    is_console = request.path.startswith(CONSOLE_PATH_PREFIX + "/")
+    json_expected = routed and not is_console and request.method in BODY_METHODS and request.body_exists
+    if json_expected and not is_json_content_type(request):
         content_type = request.headers.get("Content-Type", "absent")
         raise ProblemError("invalid_request", f"request bodies are application/json, not {content_type}", 415)
     return await handler(request)

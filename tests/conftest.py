@@ -22,8 +22,9 @@ import pytest
 import sqlalchemy as sa
 from nacl.signing import SigningKey
 
+import service.console.tables  # noqa: F401  (the upper layers' tables join the MetaData the migration test compares)
 import settlement.fx_tables
-import settlement.tables  # noqa: F401  (the upper layers' tables join the MetaData the migration test compares)
+import settlement.tables  # noqa: F401
 import wallets.schema  # noqa: F401
 from ledger import Ledger
 from ledger.db import create_engine, migrate

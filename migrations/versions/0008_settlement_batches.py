@@ -3,7 +3,7 @@ later window, the operator's overrides of the liquidity bound on net debit caps,
 payments and refunds were first answered with.
 
 Revision ID: 0008_settlement_batches
-Revises: 0006_fx
+Revises: 0007_console
 Create Date: 2026-11-29
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_settlement_batches"
-down_revision = "0006_fx"
+down_revision = "0007_console"
 branch_labels = None
 depends_on = None
 
