@@ -17,12 +17,12 @@ from nacl.signing import SigningKey
 from ledger import Batcher, Ledger
 from ledger.ids import uuid7
 from settlement import fx
+from settlement.desks import Settlement
 from settlement.fx_errors import NoRate, QuoteExpired, QuoteNotFound, QuoteSignatureInvalid, UnsupportedPair
 from settlement.fx_tables import fx_quotes, fx_rates
-from settlement.payments import PaymentDesk, PaymentRequest
+from settlement.payments import PaymentRequest
 from settlement.quotes import QuoteDesk
 from settlement.rates import RateBook
-from settlement.windows import WindowBook
 from wallets.model import InstitutionKind, Merchant, OwnerKind, WalletSpec
 from wallets.service import WalletBook
 
@@ -231,7 +231,8 @@ async def test_the_quote_desks_lookup_is_the_payment_desks_quote_source_and_a_qu
     assert (await book.deposit("hk-alphapay", payer.id, uuid7(), 100_000)).ok
     await desk.rates.set_rate("HKD", "CNY", MID, SPREAD_BPS, actor="operator")
     quote = await desk.quotes.issue("hk-alphapay", "HKD", "CNY", target_minor=12_850)
-    payments = PaymentDesk(ledger, book.batcher, book, WindowBook(ledger, ledger.clock), desk.quotes.lookup)
+    payments = Settlement.over(ledger, book.batcher, book, desk.quotes.lookup, ledger.clock).payments
+    await payments.liquidity.allow_beyond_liquidity("hk-alphapay", True, actor="operator")
 
     paid = await payments.pay("hk-alphapay", PaymentRequest(uuid7(), payer.id, shop.id, 12_850, "CNY", quote.id))
     assert paid.ok and (paid.payment.source_minor, paid.payment.target_minor) == (13_986, 12_850)
