@@ -4,7 +4,7 @@ table listed in ``ROUTE_TABLES``; a new resource module adds its table here."""
 from __future__ import annotations
 
 from service.openapi import RouteTable
-from service.routes import audit, institutions, operations, transfers, wallets
+from service.routes import audit, caller, institutions, operations, transfers, wallets
 
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     operations.routes,
@@ -12,4 +12,5 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     wallets.routes,
     transfers.routes,
     audit.routes,
+    caller.routes,
 )
