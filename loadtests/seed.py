@@ -109,9 +109,10 @@ async def seed(
         )
     )
     result.seconds["wallets_and_funding"] = time.perf_counter() - started
+    total_s = result.seconds["institutions"] + result.seconds["wallets_and_funding"]
     log(
         f"seeded {plan.wallets:,} {plan.currency} wallets over {plan.institutions} institutions and "
-        f"{len(result.merchants):,} merchants in {sum(result.seconds.values()):.1f} s"
+        f"{len(result.merchants):,} merchants in {total_s:.1f} s"
     )
     return result
 
@@ -161,13 +162,17 @@ async def _open_and_fund(
             | profile
             for n in range(count)
         ]
+        started = time.perf_counter()
         wallet_ids = await _open_wallets(client, specs)
         result.wallets[institution_id] = wallet_ids
+        result.seconds[f"{institution_id}_wallets"] = time.perf_counter() - started
+        started = time.perf_counter()
         fundings = [
             transfer_payload(treasury["id"], wallet_id, plan.funding, plan.currency, metadata=SEED_METADATA)
             for wallet_id in wallet_ids
         ]
         await _in_batches(fundings, lambda chunk: _fund(client, chunk))
+        result.seconds[f"{institution_id}_funding"] = time.perf_counter() - started
 
 
 async def _open_wallets(client: LedgerClient, specs: Sequence[dict[str, Any]]) -> list[str]:

@@ -242,6 +242,16 @@ class WalletBook:
                 self._cache_wallet_row(wallet_id, row)
         return row
 
+    async def _prefetch_wallet_rows(self, wallet_ids: set[UUID]) -> None:
+        """Read the uncached rows of ``wallet_ids`` in one query (a batch would otherwise read them
+        one by one: 2,000 queries for a batch of 1,000 transfers on a process that did not open them)."""
+        missing = [wallet_id for wallet_id in wallet_ids if wallet_id not in self._wallet_rows]
+        if not missing:
+            return
+        async with read_transaction(self.ledger.engine) as conn:
+            for row in await conn.execute(sa.select(wallets).where(wallets.c.id.in_(missing))):
+                self._cache_wallet_row(row.id, row)
+
     async def _own_wallet_row(self, institution_id: str, wallet_id: UUID) -> sa.Row:
         row = await self._wallet_row(wallet_id)
         if row is None or row.institution_id != institution_id:
@@ -365,6 +375,9 @@ class WalletBook:
         atomic batch whole) without saying whose it is."""
         if not 1 <= len(requests) <= TRANSFER_BATCH_MAX:
             raise InvalidRequest(f"a batch holds 1 to {TRANSFER_BATCH_MAX} transfers")
+        await self._prefetch_wallet_rows(
+            {wallet_id for request in requests for wallet_id in (request.source_wallet_id, request.target_wallet_id)}
+        )
         commands: list[TransferCommand | None] = []
         for position, request in enumerate(requests):
             try:
