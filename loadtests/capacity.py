@@ -29,7 +29,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -266,5 +265,4 @@ def _print_table(results: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
     sys.exit(main(sys.argv[1:]))

@@ -30,7 +30,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
@@ -269,5 +268,4 @@ def _write_json(path: Path, data: object) -> None:
 
 
 if __name__ == "__main__":
-    started = time.monotonic()
     sys.exit(main(sys.argv[1:]))
