@@ -154,6 +154,7 @@ NAME_LENGTH_MAX = 200
 # A pending transfer's timeout: at most 30 days (a hold longer than that is not a payment).
 PENDING_TIMEOUT_S_MAX = 30 * 86_400
 TRANSFER_BATCH_SIZE_MAX = 1000
+WALLET_BATCH_SIZE_MAX = 1000  # the wallets layer's WALLET_BATCH_MAX
 METADATA_TEXT_LENGTH_MAX = 512  # as compact JSON; the wallets layer keeps it with the transfer
 
 
@@ -279,6 +280,12 @@ class WalletCreate(RequestModel):
     )
 
 
+class WalletBatchCreate(RequestModel):
+    wallets: list[WalletCreate] = Field(
+        min_length=1, max_length=WALLET_BATCH_SIZE_MAX, description="Each as `POST /v1/wallets` takes it."
+    )
+
+
 class TierChange(RequestModel):
     tier: int = Field(ge=1, le=4)
 
@@ -397,6 +404,29 @@ class TransferBatchItem(ResponseModel):
 class TransferBatchOut(ResponseModel):
     atomic: bool
     items: list[TransferBatchItem]
+
+
+class WalletBatchItem(ResponseModel):
+    """One wallet's result: ``status`` is what ``POST /v1/wallets`` would have answered for it,
+    with ``wallet`` on success or ``problem`` on refusal."""
+
+    id: UUID | None = Field(description="The wallet's id: the one asked for, or the one made up.")
+    status: int = Field(examples=[201, 200, 409])
+    replayed: bool = False
+    wallet: WalletOut | None = None
+    problem: Problem | None = None
+
+
+class WalletBatchOut(ResponseModel):
+    items: list[WalletBatchItem]
+
+
+class CallerOut(ResponseModel):
+    """Who signed the request, as the server verified it."""
+
+    institution_id: str = Field(description="The key id of the signature: the signing institution.")
+    signed_at: datetime.datetime | None = Field(default=None, description="The signature's `created` parameter.")
+    covered_components: list[str] = Field(default_factory=list, examples=[["@method", "@path"]])
 
 
 # -- audit -------------------------------------------------------------------------------------

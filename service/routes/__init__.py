@@ -4,7 +4,7 @@ table listed in ``ROUTE_TABLES``; a new resource module adds its table here."""
 from __future__ import annotations
 
 from service.openapi import RouteTable
-from service.routes import audit, fx, institutions, operations, payments, settlement, transfers, wallets
+from service.routes import audit, caller, fx, institutions, operations, payments, settlement, transfers, wallets
 
 ROUTE_TABLES: tuple[RouteTable, ...] = (
     operations.routes,
@@ -15,4 +15,5 @@ ROUTE_TABLES: tuple[RouteTable, ...] = (
     payments.routes,
     settlement.routes,
     audit.routes,
+    caller.routes,
 )

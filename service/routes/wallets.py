@@ -7,20 +7,23 @@ institution's wallet exactly as for one that does not exist, so nothing leaks.
 
 from __future__ import annotations
 
+import json
 from uuid import UUID
 
 from aiohttp import web
 
 from ledger import Currency
-from service.errors_map import wallet_errors
+from service.errors_map import wallet_errors, wallet_problem
 from service.handlers import read_json, shielded
 from service.openapi import RouteTable
+from service.problems import problem_response
 from service.routes._common import (
     amount_text,
     balance_out,
     caller_id,
     created_or_replayed,
     currency_named,
+    field_problem,
     json_response,
     minor_units,
     outcome_response,
@@ -38,6 +41,9 @@ from service.schemas import (
     StatementLineOut,
     TierChange,
     TransferOut,
+    WalletBatchCreate,
+    WalletBatchItem,
+    WalletBatchOut,
     WalletCreate,
     WalletOut,
 )
@@ -104,7 +110,13 @@ async def _wallet_response(request: web.Request, wallet: Wallet, status: int = 2
 async def create_wallet(request: web.Request) -> web.Response:
     body = await read_json(request, WalletCreate)
     await currency_named(request, body.currency)  # an unknown currency names its field
-    spec = WalletSpec(
+    with wallet_errors():
+        wallet, created = await wallets(request).open_wallet(caller_id(request), _wallet_spec(body))
+    return await _wallet_response(request, wallet, created=created)
+
+
+def _wallet_spec(body: WalletCreate) -> WalletSpec:
+    return WalletSpec(
         owner_ref=body.owner_ref,
         owner_kind=OwnerKind(body.owner_kind),
         currency=body.currency,
@@ -116,9 +128,44 @@ async def create_wallet(request: web.Request) -> web.Response:
         else Merchant(name=body.merchant.name, city=body.merchant.city, category_code=body.merchant.category_code),
         identity_hash=body.identity_hash,
     )
+
+
+@routes.route(
+    "POST",
+    "/v1/wallet-batches",
+    summary="Open up to 1,000 wallets in one request",
+    description="200 with one result per wallet, in order: `status` is what `POST /v1/wallets` would "
+    "have answered for it (201 opened, 200 the same wallet again with `replayed`, 409 "
+    "`exists_with_different_fields`, 400 `invalid_request`), with `wallet` or `problem`. Not atomic: "
+    "each wallet opens or is refused on its own. Idempotent per wallet on its `id`, exactly as the "
+    "single route; give every wallet an id, so that a retried batch answers the same wallets. Ids "
+    "within one batch must be distinct.",
+    request=WalletBatchCreate,
+    responses={200: WalletBatchOut},
+)
+async def create_wallet_batch(request: web.Request) -> web.Response:
+    body = await read_json(request, WalletBatchCreate)
+    for index, item in enumerate(body.wallets):
+        await currency_named(request, item.currency, pointer=f"#/wallets/{index}/currency")
+    ids = [item.id for item in body.wallets if item.id is not None]
+    if len(set(ids)) != len(ids):
+        raise field_problem("the wallet ids of a batch must be distinct", "#/wallets")
     with wallet_errors():
-        wallet, created = await wallets(request).open_wallet(caller_id(request), spec)
-    return await _wallet_response(request, wallet, created=created)
+        specs = [_wallet_spec(item) for item in body.wallets]
+        openings = await wallets(request).open_wallets(caller_id(request), specs)
+    items = []
+    for item, opening in zip(body.wallets, openings, strict=True):
+        if opening.wallet is not None:
+            out = wallet_out(opening.wallet, await currency_named(request, opening.wallet.currency))
+            status = 201 if opening.created else 200
+            items.append(WalletBatchItem(id=opening.wallet.id, status=status, replayed=not opening.created, wallet=out))
+            continue
+        if opening.error is None:
+            raise RuntimeError("a wallet opening with neither wallet nor error")  # a bug: never guess
+        problem = wallet_problem(opening.error)
+        problem_body = json.loads(problem_response(problem, None).body)
+        items.append(WalletBatchItem(id=item.id, status=problem.status, problem=problem_body))
+    return json_response(WalletBatchOut(items=items))
 
 
 @routes.route(
