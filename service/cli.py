@@ -60,7 +60,7 @@ from ledger.keys import (
     write_signing_key,
 )
 from ledger.money import Currency
-from service import serve
+from service import cli_settlement, serve
 from service.config import Settings
 from service.console import routes as console_routes
 from service.console.tokens import LoginStatement, MalformedToken, login_token, signature_text
@@ -624,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_institutions_parser(commands)
     _add_wallets_parser(commands)
     _add_fx_parser(commands)
+    cli_settlement.add_parser(commands)
     _add_console_parsers(commands)
     return parser
 
@@ -766,6 +767,10 @@ def _run(args: argparse.Namespace, settings: Settings, console: Console) -> int:
         return asyncio.run(wallets_show(settings, console, args.wallet_id, args.institution, as_json=args.json))
     if args.command == "fx":
         return asyncio.run(_run_fx(args, settings, console))
+    if args.command == "settlement":
+        if (code := _no_initialised_ledger(settings, console)) != 0:
+            return code
+        return asyncio.run(cli_settlement.run(args, settings, console))
     if args.command == "migrate":
         asyncio.run(migrate_only(settings, console))
         return 0
