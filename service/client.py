@@ -350,6 +350,56 @@ class LedgerClient:
     async def get_quote(self, quote_id: UUID | str) -> dict[str, Any]:
         return (await self.get(f"/v1/fx/quotes/{_segment(quote_id)}")).data
 
+    # -- payments and settlement ----------------------------------------------------------------
+
+    async def pay(
+        self,
+        payer_wallet_id: UUID | str,
+        merchant_wallet_id: UUID | str,
+        quote: Mapping[str, Any],
+        *,
+        payment_id: UUID | str | None = None,
+    ) -> dict[str, Any]:
+        """Pay ``quote``'s target amount (CNY) to a Shenzhen merchant from the caller's HKD wallet."""
+        payload = {
+            "id": str(payment_id or uuid7()), "payer_wallet_id": str(payer_wallet_id),
+            "merchant_wallet_id": str(merchant_wallet_id), "amount": quote["target_amount"],
+            "currency": quote["target_currency"], "quote_id": quote["id"],
+        }  # fmt: skip
+        return (await self.post("/v1/payments", payload)).data
+
+    async def get_payment(self, payment_id: UUID | str) -> dict[str, Any]:
+        return (await self.get(f"/v1/payments/{_segment(payment_id)}")).data
+
+    async def refund(
+        self, payment_id: UUID | str, amount: str | Decimal | None = None, *, refund_id: UUID | str | None = None
+    ) -> dict[str, Any]:
+        """Refund a payment in part (``amount``, CNY) or in whole (what remains)."""
+        payload: dict[str, Any] = {"id": str(refund_id or uuid7())} | ({"amount": amount} if amount is not None else {})
+        return (await self.post(f"/v1/payments/{_segment(payment_id)}/refunds", payload)).data
+
+    async def prefund(self, institution_id: str, amount: str | Decimal, currency: str = "CNY") -> dict[str, Any]:
+        """Operator only: settlement liquidity into the institution's settlement account."""
+        payload = {"id": str(uuid7()), "amount": amount, "currency": currency}
+        return (await self.post(f"/v1/institutions/{_segment(institution_id)}/liquidity", payload)).data
+
+    async def position(self, institution_id: str) -> dict[str, Any]:
+        return (await self.get(f"/v1/institutions/{_segment(institution_id)}/position")).data
+
+    async def windows(self, *, limit: int | None = None, cursor: str | None = None) -> dict[str, Any]:
+        return (await self.get("/v1/settlement/windows", _page(limit, cursor))).data
+
+    async def close_window(self, window_id: int) -> dict[str, Any]:
+        """Operator only: close the open window; answers its batch (signed)."""
+        return (await self.post(f"/v1/settlement/windows/{int(window_id)}/close")).data
+
+    async def batch(self, batch_id: int) -> dict[str, Any]:
+        return (await self.get(f"/v1/settlement/batches/{int(batch_id)}")).data
+
+    async def settle(self, batch_id: int) -> dict[str, Any]:
+        """Operator only: settle a closed batch (unwinding participants short of liquidity)."""
+        return (await self.post(f"/v1/settlement/batches/{int(batch_id)}/settle")).data
+
     async def request(
         self, method: str, path: str, json: Any = None, params: Mapping[str, Any] | None = None
     ) -> LedgerResponse:

@@ -12,7 +12,11 @@ and every step after that is a signed request made with :class:`service.client.L
 - the CNY wallet pays the merchant, retries the same payment (replayed), is refused above its tier's
   per-payment cap (``limit_exceeded``) and retries that (the same refusal, replayed), and a hotel-style
   hold is posted in part;
-- balances and the merchant's statement are printed, then a burst of ``--payments`` concurrent signed
+- balances and the merchant's statement are printed; then a day of the corridor
+  (``service.demo_corridor``): rates, signed quotes, cross-border payments, a refund, a payment
+  refused at its institution's net debit cap in force, the window closed, netted and settled, and
+  the batch printed;
+- a burst of ``--payments`` concurrent signed
   transfers (at most ``BURST_IN_FLIGHT_MAX`` in flight) measures throughput through the whole stack;
 - the app drains (every acknowledged payment committed) and the audit chain is verified.
 
@@ -51,6 +55,7 @@ from service.client import (
     transfer_payload,
 )
 from service.config import Settings
+from service.demo_corridor import corridor_day
 
 HOST = "127.0.0.1"
 OPERATOR_ID = "operator"
@@ -152,6 +157,13 @@ async def _corridor(
             console.print(story.table)
             await _print_balances(hk, sz, wallets, console)
             await _print_statement(sz, wallets["merchant"], console)
+
+            def key_for(institution_id: str) -> SigningKey:
+                return load_or_create_signing_key(institution_key_path(settings, institution_id))[0]
+
+            day = await corridor_day(base_url, operator, hk, sz, wallets["merchant"], key_for, console)
+            if day != 0:
+                return day
             if payments > 0:
                 if (code := await _burst(hk, sz, wallets["merchant"], payments, console)) != 0:
                     return code

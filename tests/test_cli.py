@@ -94,9 +94,13 @@ def test_main_runs_init_demo_and_audit_on_the_embedded_default(tmp_path, monkeyp
     monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
     assert cli.main(["init"]) == 0
+    monkeypatch.setenv("COLUMNS", "200")
     assert cli.main(["demo", "--payments", "30"]) == 0
     assert (tmp_path / "data" / "ledger.db").exists()
-    capsys.readouterr()
+    shown = capsys.readouterr().out
+    # The corridor day: a payment refused at its cap, a batch closed and settled, its instructions.
+    assert "422 net_debit_cap_exceeded" in shown and "200 settled" in shown
+    assert "hk-betapay → settlement-bank 700.00" in shown
     assert cli.main(["audit", "head"]) == 0
     anchor = capsys.readouterr().out.strip()
     assert cli.main(["audit", "verify", "--anchor", anchor]) == 0
