@@ -50,6 +50,9 @@ window_positions = sa.Table(
     sa.Column("institution_id", sa.String(INSTITUTION_ID_LENGTH_MAX), primary_key=True),
     sa.Column("currency", sa.String(3), primary_key=True),
     sa.Column("account_id", sa.Uuid, nullable=False, unique=True),
+    # What an institution owes from unsettled windows (``WindowBook.unsettled_debit``) looks its
+    # positions up by institution, across windows (migration 0009).
+    sa.Index("ix_window_positions_institution_id", "institution_id"),
 )
 
 # Participants a batch left out when it settled (their liquidity could not fund their net debit).

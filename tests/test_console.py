@@ -195,16 +195,17 @@ async def test_closing_a_window_through_the_confirmation_form(api):
         assert unconfirmed.status == 303 and unconfirmed.headers["Location"] == path
     assert (await api.app[CONSOLE_KEY].windows.get(window_id)).status == "open"
     async with api.client.post(path, data={"csrf_token": csrf, "confirm": "yes"}, allow_redirects=False) as closed:
-        assert (
-            closed.status == 303 and closed.headers["Location"] == f"/console/settlement/windows/{window_id}?closed=1"
-        )
+        assert closed.status == 303  # on the new batch's page
+        assert closed.headers["Location"] == f"/console/settlement/batches/{window_id}?done=closed"
     windows = api.app[CONSOLE_KEY].windows
     assert (await windows.get(window_id)).status == "closed"
     assert (await windows.get(window_id + 1)).status == "open"
     assert (await windows.history(window_id))[-1][::2] == ("closed", "console:operator")
-    async with api.client.get(f"/console/settlement/windows/{window_id}?closed=1") as page:
+    async with api.client.get(closed.headers["Location"]) as page:
         text = await page.text()
-        assert "is closed" in text and "console:operator" in text and 'id="batch-slot"' in text
+        assert "is closed" in text and "console:operator" in text and 'id="batch-status">closed<' in text
+    async with api.client.get(f"/console/settlement/windows/{window_id}") as page:
+        assert f'href="/console/settlement/batches/{window_id}" id="open-batch"' in await page.text()
     async with api.client.post(path, data={"csrf_token": csrf, "confirm": "yes"}) as again:
         assert again.status == 409 and "not the open window" in await again.text()
 
@@ -255,13 +256,21 @@ async def test_the_institution_page_shows_wallets_and_cap_usage(api):
     async with api.client.get(f"/console/institutions/{capped.id}") as page:
         text = await page.text()
     assert 'id="kind">hk_payment_institution<' in text and 'id="wallets-count">1<' in text
-    assert 'id="cap">200.00 CNY<' in text and 'id="cap-used">150.00 CNY<' in text
-    assert 'aria-label="cap usage 75 percent"' in text
+    # Nothing prefunded: the cap in force is the liquidity, 0, and the gauge is full.
+    assert 'id="registered-cap">200.00 CNY<' in text and 'id="cap">0.00 CNY<' in text
+    assert 'id="cap-used">150.00 CNY<' in text and 'aria-label="cap usage 100 percent"' in text
+    liquidity = {"id": str(uuid7()), "amount": "200.00", "currency": "CNY"}
+    assert (await api.post(api.operator, f"/v1/institutions/{capped.id}/liquidity", liquidity)).status == 201
+    async with api.client.get(f"/console/institutions/{capped.id}") as page:
+        text = await page.text()
+    assert 'id="cap">200.00 CNY<' in text and 'aria-label="cap usage 75 percent"' in text
     # After the close, what the closed window owes still counts against the cap.
     await book.close(window.id, actor="test")
     async with api.client.get(f"/console/institutions/{capped.id}") as page:
         text = await page.text()
-    assert 'id="cap-used">150.00 CNY<' in text and "not yet settled 150.00 CNY" in text
+    assert 'id="cap-used">150.00 CNY<' in text and 'id="unsettled-debit">150.00 CNY<' in text
+    position = (await api.get(api.operator, f"/v1/institutions/{capped.id}/position")).body
+    assert (position["cap_in_force"], position["unsettled_debit"]) == ("200.00", "150.00")
 
 
 async def test_verify_now_runs_in_the_background_and_shows_the_result(api):

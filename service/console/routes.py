@@ -19,7 +19,9 @@ from service.console import views
 from service.console.auth import COOKIE_NAME, CSRF_FIELD, SESSION_TTL_S, LoginRefused, csrf_matches
 from service.console.state import CONSOLE_KEY, SESSION_KEY, SESSION_TOKEN_KEY
 from service.console.tokens import LoginStatement, MalformedToken, parse_login_token, parse_signature
-from service.keys import LEDGER_KEY, WALLETS_KEY
+from service.keys import LEDGER_KEY, SETTLEMENT_KEY, WALLETS_KEY
+from settlement.errors import WindowNotOpen
+from settlement.windows import Window
 from wallets.errors import NotFound
 
 routes = web.RouteTableDef()
@@ -182,16 +184,20 @@ async def windows_page(request: web.Request) -> dict[str, object]:
 @operator_only()
 @page("window.html")
 async def window_page(request: web.Request) -> dict[str, object]:
-    ledger, console = request.app[LEDGER_KEY], request.app[CONSOLE_KEY]
-    window_id = int(request.match_info["window_id"])
-    window = await console.windows.get(window_id)
+    console = request.app[CONSOLE_KEY]
+    window = await console.windows.get(int(request.match_info["window_id"]))
     if window is None:
-        raise web.HTTPNotFound(text=f"no settlement window {window_id}")
+        raise web.HTTPNotFound(text=f"no settlement window {request.match_info['window_id']}")
+    return await _window_context(request, window)
+
+
+async def _window_context(request: web.Request, window: Window) -> dict[str, object]:
+    ledger, console = request.app[LEDGER_KEY], request.app[CONSOLE_KEY]
     return {
         "window": window,
-        "history": await console.windows.history(window_id),
-        "figures": await views.window_figures(ledger, console.windows, window_id),
-        "closed": request.query.get("closed") == "1",
+        "history": await console.windows.history(window.id),
+        "figures": await views.window_figures(ledger, console.windows, window.id),
+        "error": None,
     }
 
 
@@ -216,20 +222,35 @@ async def close_window(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther(f"{LANDING_PATH}/windows/{window_id}/close")
     actor = f"console:{request[SESSION_KEY].operator_id}"
     try:
-        await request.app[CONSOLE_KEY].windows.close(window_id, actor=actor)
-    except ValueError as error:  # not the open window (closed meanwhile, perhaps from another tab)
-        return refusal(request, str(error), status=409)
-    raise web.HTTPSeeOther(f"{LANDING_PATH}/windows/{window_id}?closed=1")
+        await request.app[SETTLEMENT_KEY].batches.close(window_id, actor=actor)
+    except WindowNotOpen as refused:  # closed meanwhile, perhaps from another tab: say so on its page
+        window = await request.app[CONSOLE_KEY].windows.get(window_id)
+        if window is None:
+            return refusal(request, str(refused), status=404)
+        context = await _window_context(request, window)
+        return render(
+            "window.html", request, {**context, "error": f"Not closed ({refused.code}): {refused}"}, status=409
+        )
+    raise web.HTTPSeeOther(f"{LANDING_PATH}/batches/{window_id}?done=closed")
 
 
 # -- institutions -----------------------------------------------------------------------------
+
+
+@routes.get("/console/institutions")
+@operator_only()
+@page("institutions.html")
+async def institutions_page(request: web.Request) -> dict[str, object]:
+    after = request.query.get("after", "")[:64] or None
+    size = _int_query(request, "size") or views.INSTITUTIONS_PAGE_SIZE_DEFAULT
+    return {"page": await views.institutions_page(request.app[LEDGER_KEY], after, size), "size": size}
 
 
 @routes.get("/console/institutions/{institution_id:[a-z0-9-]{1,64}}")
 @operator_only()
 @page("institution.html")
 async def institution_page(request: web.Request) -> dict[str, object]:
-    ledger, console = request.app[LEDGER_KEY], request.app[CONSOLE_KEY]
+    ledger = request.app[LEDGER_KEY]
     try:
         institution = await request.app[WALLETS_KEY].get_institution(request.match_info["institution_id"])
     except NotFound:
@@ -237,7 +258,7 @@ async def institution_page(request: web.Request) -> dict[str, object]:
     return {
         "institution": institution,
         "wallets_count": await views.wallets_count(ledger, institution.id),
-        "usage": await views.cap_usage(ledger, console.windows, institution),
+        "usage": await views.cap_usage(ledger, request.app[SETTLEMENT_KEY], institution),
         "keys": [(base64.b64encode(key.public_key).decode("ascii"), key.active) for key in institution.keys],
     }
 

@@ -6,9 +6,12 @@ that grows with the ledger):
 - a window's positions: ``window_positions`` by its primary key (window id first), then the
   accounts by primary key; its obligations counted on ``ix_transfers_debit_account_id_seq``
   (every obligation debits exactly one position account of its window);
+- institutions by primary key, a page at a time (``after`` cursor);
 - an institution's wallets counted on ``ix_wallets_institution_id_id``; its open-window position
-  account by primary key (the id is derived); what closed windows still owe through
-  ``WindowBook.unsettled_debit``.
+  account by primary key (the id is derived); what unsettled windows still owe through
+  ``WindowBook.unsettled_debit`` (``window_positions`` on ``ix_window_positions_institution_id``);
+- a batch (``service.console.batches``): ``SettlementDesk.batch`` sums the transfers between the
+  window's position accounts on ``ix_transfers_debit_account_id_seq``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import sqlalchemy as sa
 from ledger import Ledger, format_amount
 from ledger.db import read_transaction
 from ledger.schema import transfers
+from settlement.desks import Settlement
 from settlement.tables import settlement_windows
-from settlement.windows import SETTLEMENT_CURRENCY, Window, WindowBook, position_account_id
+from settlement.windows import SETTLEMENT_CURRENCY, Window, WindowBook
 from wallets.model import Institution
-from wallets.schema import wallets
+from wallets.schema import institutions, wallets
 
 WINDOWS_PAGE_SIZE_DEFAULT = 20
 WINDOWS_PAGE_SIZE_MAX = 100
+INSTITUTIONS_PAGE_SIZE_DEFAULT = 50
+INSTITUTIONS_PAGE_SIZE_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +48,7 @@ class CurrencyTotal:
 class PositionRow:
     institution_id: str
     currency: str
-    account_id: UUID
+    account_id: UUID | None  # None on a batch's rows (netted, not one account)
     paid: str  # obligations it owes (debits of its position account)
     received: str  # obligations owed to it (credits)
     net: str  # received less paid: positive receives, negative pays
@@ -65,12 +71,34 @@ class WindowsPage:
 
 @dataclass(frozen=True, slots=True)
 class CapUsage:
-    cap: str | None  # the net debit cap as registered, with its currency
-    used: str  # open-window net debit plus what closed windows still owe, in the settlement currency
-    open_window_debit: str
+    """Net-debit-cap usage as ``GET /v1/institutions/{id}/position`` and the ledger count it, in the
+    settlement currency: the cap in force (``LiquidityDesk.cap_in_force``: the registered cap
+    bounded by prefunded liquidity unless the operator allowed beyond it; None: no cap) against the
+    open window's net debit plus what unsettled windows still owe (``WindowBook.unsettled_debit``)."""
+
+    registered_cap: str | None
+    cap_in_force: str | None
+    liquidity: str
+    beyond_liquidity: bool
+    used: str
+    open_window_net: str
     unsettled_debit: str
-    ratio: float | None  # used / cap (display only: never money arithmetic), None without a cap
-    same_currency: bool
+    ratio: float | None  # used / cap in force (display only: never money arithmetic), None without a cap
+
+
+@dataclass(frozen=True, slots=True)
+class InstitutionRow:
+    id: str
+    name: str
+    kind: str
+    cap: str | None
+    created_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class InstitutionsPage:
+    institutions: list[InstitutionRow]
+    next_after: str | None  # the cursor of the next page
 
 
 async def windows_page(ledger: Ledger, before: int | None, size: int) -> WindowsPage:
@@ -147,30 +175,48 @@ async def wallets_count(ledger: Ledger, institution_id: str) -> int:
         ).scalar_one()
 
 
-async def cap_usage(ledger: Ledger, book: WindowBook, institution: Institution) -> CapUsage:
-    """Net-debit-cap usage as settlement counts it: the open window's net debit plus what closed
-    windows not yet settled still owe (``WindowBook.unsettled_debit``)."""
+async def cap_usage(ledger: Ledger, desks: Settlement, institution: Institution) -> CapUsage:
+    """The figures of ``GET /v1/institutions/{id}/position``, read the same way (but a page never
+    opens window 1: without an open window the open net is 0)."""
     window = await open_window(ledger)
-    open_debit = 0
-    if window is not None:
-        account = await ledger.get_account(position_account_id(window.id, institution.id, SETTLEMENT_CURRENCY))
-        if account is not None:
-            b = account.balances
-            open_debit = max(0, b.debits_posted + b.debits_pending - b.credits_posted)
-    unsettled = await book.unsettled_debit(institution.id)
-    settlement_currency = await ledger.currency(SETTLEMENT_CURRENCY)
-    used = open_debit + unsettled
-    cap_text, ratio, same_currency = None, None, True
-    if institution.net_debit_cap is not None:
-        cap_minor, cap_code = institution.net_debit_cap
-        cap_text = f"{format_amount(cap_minor, await ledger.currency(cap_code))} {cap_code}"
-        same_currency = cap_code == SETTLEMENT_CURRENCY
-        ratio = (used / cap_minor if cap_minor else (1.0 if used else 0.0)) if same_currency else None
+    open_net = 0 if window is None else await desks.windows.net_in(window.id, institution.id)
+    unsettled = await desks.windows.unsettled_debit(institution.id)
+    cap = await desks.liquidity.cap_in_force(institution)
+    cny = await ledger.currency(SETTLEMENT_CURRENCY)
+    used = max(0, -open_net) + unsettled
+    ratio = None if cap is None else (used / cap if cap else (1.0 if used else 0.0))
+    registered = institution.net_debit_cap
+
+    def text(minor: int) -> str:
+        return f"{format_amount(minor, cny)} {SETTLEMENT_CURRENCY}"
+
     return CapUsage(
-        cap_text,
-        f"{format_amount(used, settlement_currency)} {SETTLEMENT_CURRENCY}",
-        f"{format_amount(open_debit, settlement_currency)} {SETTLEMENT_CURRENCY}",
-        f"{format_amount(unsettled, settlement_currency)} {SETTLEMENT_CURRENCY}",
+        None
+        if registered is None
+        else f"{format_amount(registered[0], await ledger.currency(registered[1]))} {registered[1]}",
+        None if cap is None else text(cap),
+        text(await desks.liquidity.liquidity_minor(institution)),
+        await desks.liquidity.beyond_liquidity(institution.id),
+        text(used),
+        text(open_net),
+        text(unsettled),
         ratio,
-        same_currency,
     )
+
+
+async def institutions_page(ledger: Ledger, after: str | None, size: int) -> InstitutionsPage:
+    """Institutions by id (the primary key), a page at a time from the ``after`` cursor."""
+    size = max(1, min(size, INSTITUTIONS_PAGE_SIZE_MAX))
+    query = sa.select(institutions).order_by(institutions.c.id).limit(size + 1)
+    if after is not None:
+        query = query.where(institutions.c.id > after)
+    async with read_transaction(ledger.engine) as conn:
+        rows = (await conn.execute(query)).all()
+    page = []
+    for row in rows[:size]:
+        cap = None
+        if row.net_debit_cap_minor is not None:
+            currency = await ledger.currency(row.net_debit_cap_currency)
+            cap = f"{format_amount(row.net_debit_cap_minor, currency)} {row.net_debit_cap_currency}"
+        page.append(InstitutionRow(row.id, row.name, row.kind, cap, row.created_at_us))
+    return InstitutionsPage(page, page[-1].id if len(rows) > size else None)

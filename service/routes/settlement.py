@@ -4,7 +4,10 @@ batch it is party to (another batch is 404 to it, as is another institution's po
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
+from nacl.signing import SigningKey
 
 from ledger import Currency, ResultCode
 from ledger.money import format_amount
@@ -170,10 +173,26 @@ async def batch_report(request: web.Request) -> web.Response:
     if report_format not in ("json", "csv"):
         raise ProblemError("invalid_request", "format is json or csv", 400)
     batch = await _batch(request)
-    document = batch_document(batch, await currencies(request), viewer=await _viewer(request, batch))
-    report = signed(document, request.app[LEDGER_KEY].signing_key)
+    viewer = await _viewer(request, batch)
+    return report_response(batch, await currencies(request), request.app[LEDGER_KEY].signing_key, viewer, report_format)
+
+
+def report_response(
+    batch: Batch,
+    currencies: Mapping[str, Currency],
+    signing_key: SigningKey,
+    viewer: str | None,
+    report_format: str,
+    *,
+    attachment: bool = False,
+) -> web.Response:
+    """The batch's signed report as served: JSON, or CSV with the JSON's signature in a header.
+    The operator console's export answers with this too, so its downloads are these very bytes
+    (``attachment`` only adds a Content-Disposition to the JSON, which the CSV always has)."""
+    report = signed(batch_document(batch, currencies, viewer=viewer), signing_key)
     if report_format == "json":
-        return web.json_response(report)
+        headers = {"Content-Disposition": f'attachment; filename="settlement-batch-{batch.id}.json"'}
+        return web.json_response(report, headers=headers if attachment else None)
     headers = {
         REPORT_SIGNATURE_HEADER: report["signature"],
         "Content-Disposition": f'attachment; filename="settlement-batch-{batch.id}.csv"',
