@@ -94,6 +94,8 @@ async def test_settling_through_the_confirmation_form_and_exporting_the_apis_rep
 
     for report_format in ("json", "csv"):
         from_api = await api.get(api.operator, f"/v1/settlement/batches/1/report?format={report_format}")
+        async with api.client.get(f"/console/settlement/batches/1/export/confirm?format={report_format}") as step:
+            assert step.status == 200 and batch["signature"] in await step.text()  # the confirmation step
         async with api.client.get(f"/console/settlement/batches/1/export?format={report_format}") as download:
             assert download.status == 200 and await download.read() == from_api.raw, report_format
             assert download.headers["Content-Type"] == from_api.headers["Content-Type"]

@@ -177,8 +177,10 @@ async def test_an_operator_runs_the_settlement_day_in_the_browser(tmp_path, spaw
                 await page.screenshot(path=SCREENSHOT, full_page=True)
 
             # The export is the API's report, byte for byte.
+            await page.click("#export-json")  # the confirmation step, then the download
+            assert await page.text_content("#export-signature") == settled["signature"]
             async with page.expect_download() as download_info:
-                await page.click("#export-json")
+                await page.click("#confirm-export")
             download = await download_info.value
             exported = await asyncio.to_thread(Path(await download.path()).read_bytes)
             assert exported == (await operator.get("/v1/settlement/batches/1/report")).content

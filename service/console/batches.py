@@ -8,6 +8,8 @@ its figures, settling it behind a confirmation step, and its signed report as do
 - ``GET /console/settlement/batches/{id}/settle``: the confirmation step (the chain it will post,
   each net debtor's liquidity against its net debit); its form's POST settles with actor
   ``console:<operator>`` and lands back on the batch page;
+- ``GET /console/settlement/batches/{id}/export/confirm?format=json|csv``: the export's
+  confirmation step (status, signature, format), whose button downloads:
 - ``GET /console/settlement/batches/{id}/export?format=json|csv``: the operator's report as the API
   serves it (``service.routes.settlement.report_response``: the same bytes and signature).
 
@@ -167,6 +169,18 @@ async def settle(request: web.Request) -> web.StreamResponse:
         context["error"] = f"Not settled ({refused.code}): {refused}"
         return render("batch.html", request, context, status=refused.status)
     raise web.HTTPSeeOther(f"{batch_path(batch_id)}?done=settled")
+
+
+@routes.get(f"{BATCHES_PATH}/{BATCH_ID}/export/confirm")
+@operator_only()
+async def export_confirm(request: web.Request) -> web.StreamResponse:
+    """The export's confirmation step: what will be downloaded (the batch's status, the signature
+    that covers it, the format) before the download itself."""
+    report_format = request.query.get("format", "json")
+    if report_format not in ("json", "csv"):
+        return refusal(request, "an export is format=json or format=csv", status=400)
+    context = await batch_context(request, await _batch(request))
+    return render("export_confirm.html", request, {**context, "format": report_format})
 
 
 @routes.get(f"{BATCHES_PATH}/{BATCH_ID}/export")
