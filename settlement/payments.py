@@ -36,7 +36,6 @@ from wallets.service import WalletBook
 # A payment meeting a window's close is run again in the new window at most this often.
 CLOSE_RACE_ATTEMPTS_MAX = 3
 SOURCE_CURRENCY = "HKD"
-_CONFLICT = ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value
 
 
 class UsableQuote(Protocol):
@@ -116,13 +115,10 @@ class PaymentDesk:
             )
         fields = (request.payer_wallet_id, request.merchant_wallet_id, request.amount_minor, request.currency)
         digest = request_digest(*fields, request.quote_id)
-        remembered = await self.refusals.recall(institution_id, request.id, digest)
-        if remembered is not None:
-            return PaymentOutcome(remembered.code if remembered.same_request else _CONFLICT, None, True)
-        outcome = await self._pay_new(institution_id, request)
-        if not outcome.ok and not outcome.replayed and outcome.code != _CONFLICT:
-            await self.refusals.remember(institution_id, request.id, digest, outcome.code)
-        return outcome
+        return await self.refusals.once(
+            institution_id, request.id, digest,
+            lambda: self._pay_new(institution_id, request), lambda code: PaymentOutcome(code, None, True),
+        )  # fmt: skip
 
     async def _pay_new(self, institution_id: str, request: PaymentRequest) -> PaymentOutcome:
         parties = await self._parties(institution_id, request.payer_wallet_id, request.merchant_wallet_id)

@@ -31,7 +31,7 @@ from ledger import AccountResultCode, AccountSpec, Batcher, Ledger, Limits, Resu
 from settlement.fx import refund_source_minor
 from settlement.liquidity import LiquidityDesk
 from settlement.payments import SOURCE_CURRENCY, Payment, PaymentDesk
-from settlement.remembered import RefusalMemory
+from settlement.remembered import RefusalMemory, request_digest
 from settlement.windows import SETTLEMENT_CURRENCY, WindowClosed
 from wallets.errors import NotFound
 from wallets.ids import Origin, scoped_id
@@ -42,7 +42,6 @@ REFUND_SINK_ACCOUNT_ID = uuid.uuid5(_REFUND_NAMESPACE, "refund-sink/CNY")
 # Refunds of one payment claiming a slot at the same moment are recomputed at most this often.
 SLOT_RACE_ATTEMPTS_MAX = 8
 CLOSE_RACE_ATTEMPTS_MAX = 3
-_CONFLICT = ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value
 _WINDOW_CLOSED = object()  # the window closed under the refund: run it again in the new one
 
 
@@ -104,6 +103,13 @@ class RefundDesk:
             return RefundOutcome(
                 "ok" if same else ResultCode.EXISTS_WITH_DIFFERENT_FIELDS.value, stored if same else None, True
             )
+        digest = request_digest(request.payment_id, request.amount_minor)
+        return await self.refusals.once(
+            institution_id, request.id, digest,
+            lambda: self._refund_new(institution_id, request), lambda code: RefundOutcome(code, None, True),
+        )  # fmt: skip
+
+    async def _refund_new(self, institution_id: str, request: RefundRequest) -> RefundOutcome:
         payment = await self.payments.get(institution_id, request.payment_id)
         if payment is None:
             raise NotFound(f"no payment {request.payment_id}")

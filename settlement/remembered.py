@@ -8,8 +8,9 @@ same request is answered the same refusal (replayed), another request under that
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 from uuid import UUID
 
 import sqlalchemy as sa
@@ -18,6 +19,20 @@ from sqlalchemy.exc import IntegrityError
 from ledger import Ledger
 from ledger.db import read_transaction
 from settlement.tables import settlement_refusals
+
+CONFLICT = "exists_with_different_fields"
+
+
+class Outcome(Protocol):
+    @property
+    def code(self) -> str: ...
+    @property
+    def ok(self) -> bool: ...
+    @property
+    def replayed(self) -> bool: ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=Outcome)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +62,25 @@ class RefusalMemory:
                 )
             ).first()
         return None if row is None else Remembered(row.code, row.request_digest == digest)
+
+    async def once(
+        self,
+        institution_id: str,
+        request_id: UUID,
+        digest: str,
+        attempt: Callable[[], Awaitable[OutcomeT]],
+        replay: Callable[[str], OutcomeT],
+    ) -> OutcomeT:
+        """The refusal this request id was first answered (``replay(code)``; another request under
+        the id: ``replay("exists_with_different_fields")``), or ``attempt()``'s outcome, whose
+        refusal is remembered for next time."""
+        remembered = await self.recall(institution_id, request_id, digest)
+        if remembered is not None:
+            return replay(remembered.code if remembered.same_request else CONFLICT)
+        outcome = await attempt()
+        if not outcome.ok and not outcome.replayed and outcome.code != CONFLICT:
+            await self.remember(institution_id, request_id, digest, outcome.code)
+        return outcome
 
     async def remember(self, institution_id: str, request_id: UUID, digest: str, code: str) -> None:
         """Record the refusal; a concurrent retry of the same request may have recorded it first."""

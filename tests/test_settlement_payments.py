@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from decimal import Decimal
 from uuid import UUID
 
 import pytest
@@ -21,44 +20,12 @@ from settlement.fx import quote_amounts
 from settlement.liquidity import LiquidityDesk
 from settlement.payments import PaymentDesk, PaymentRequest
 from settlement.windows import WindowBook, position_account_id
+from tests.settlement_support import CNY, HKD, RATE, Quotes
 from wallets.errors import InvalidRequest, NotFound
 from wallets.model import InstitutionKind, Merchant, OwnerKind, WalletSpec
 from wallets.service import WalletBook
 
-RATE = Decimal("0.9166935000")  # CNY per HKD
-
-
-@dataclass(frozen=True)
-class FakeQuote:
-    source_currency: str
-    target_currency: str
-    rate: Decimal
-    source_minor: int
-    target_minor: int
-
-
-class Quotes:
-    """Quotes issued for the test, by id (the FX desk's signing and expiry are tested on their own)."""
-
-    def __init__(self) -> None:
-        self.issued: dict[UUID, FakeQuote] = {}
-
-    def issue(self, target_minor: int) -> UUID:
-        source, target = quote_amounts(RATE, source_currency=_HKD, target_currency=_CNY, target_minor=target_minor)
-        quote_id = uuid7()
-        self.issued[quote_id] = FakeQuote("HKD", "CNY", RATE, source, target)
-        return quote_id
-
-    async def __call__(self, _institution_id: str, quote_id: UUID, _now_us: int) -> FakeQuote:
-        return self.issued[quote_id]
-
-
-class _Currency:
-    def __init__(self, code: str) -> None:
-        self.code, self.exponent = code, 2
-
-
-_HKD, _CNY = _Currency("HKD"), _Currency("CNY")
+_HKD, _CNY = HKD, CNY
 
 
 @dataclass

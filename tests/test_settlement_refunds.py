@@ -112,3 +112,17 @@ async def test_a_refund_the_merchant_cannot_fund_is_refused_and_moves_nothing(co
     assert await _balances(corridor) == before
     assert await corridor.refunds.refunded_minor("hk-alpha", payment.id) == 0
     assert (await _refund(corridor, payment.id, 500)).ok
+
+
+async def test_a_refused_refund_is_answered_the_same_refusal_on_retry_even_once_it_could_pass(corridor):
+    payment = (await corridor.pay("hk-alpha", "sz-one", 5_000)).payment
+    merchant = corridor.merchants["sz-one"]
+    assert (await corridor.book.withdraw("sz-one", merchant, uuid7(), 4_500)).ok
+    refund_id = uuid7()
+    first = await _refund(corridor, payment.id, 1_000, refund_id)
+    assert (first.code, first.replayed) == ("insufficient_funds", False)
+    assert (await corridor.book.deposit("sz-one", merchant, uuid7(), 4_500)).ok  # it could pass now
+    again = await _refund(corridor, payment.id, 1_000, refund_id)
+    assert (again.code, again.replayed) == ("insufficient_funds", True)
+    assert (await _refund(corridor, payment.id, 900, refund_id)).code == "exists_with_different_fields"
+    assert await corridor.refunds.refunded_minor("hk-alpha", payment.id) == 0
