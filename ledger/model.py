@@ -203,6 +203,12 @@ class TransferCommand:
     are taken from the pending transfer, and must match it when given. ``amount_minor=None`` on a
     post means "the whole pending amount". ``linked=True`` chains this command to the next one:
     the chain succeeds or fails as a whole.
+
+    ``replay_ends_chain=True`` on a chain's member: if its id is already stored with the same
+    fields (a replay), the chain applies nothing after all: the member answers its replay and
+    every other member ``linked_event_failed``. A composite operation keyed by that member (a
+    payment by its quote) is then answered from what is stored, and a retry racing the original can
+    never add legs of its own (in another settlement window, say). Not stored: it steers one run.
     """
 
     id: UUID
@@ -215,6 +221,7 @@ class TransferCommand:
     timeout_s: int | None = None
     linked: bool = False
     user_data: str | None = None
+    replay_ends_chain: bool = False
 
     @classmethod
     def posted(
@@ -227,6 +234,7 @@ class TransferCommand:
         *,
         linked: bool = False,
         user_data: str | None = None,
+        replay_ends_chain: bool = False,
     ) -> TransferCommand:
         return cls(
             id,
@@ -237,6 +245,7 @@ class TransferCommand:
             currency,
             linked=linked,
             user_data=user_data,
+            replay_ends_chain=replay_ends_chain,
         )
 
     @classmethod

@@ -162,7 +162,7 @@ class BatchEngine:
         results: list[TransferResult] = []
         for position, command in enumerate(chain):
             result = self._apply_one(command, undo)
-            if not result.ok:
+            if not result.ok or (result.replayed and command.replay_ends_chain is True):
                 self._roll_back(undo)
                 failed = [TransferResult(ResultCode.LINKED_EVENT_FAILED) for _ in chain]
                 failed[position] = self._remember_refusal(command, result)

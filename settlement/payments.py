@@ -183,6 +183,8 @@ class PaymentDesk:
         if all(r.ok for r in results):
             payment = await self.get(institution_id, request.id)
             return PaymentOutcome("ok", payment, all(r.replayed for r in results))
+        if fx.ok and fx.replayed:  # this very payment committed meanwhile (a retry racing it): its answer
+            return PaymentOutcome("ok", await self.get(institution_id, request.id), True)
         if fx.code is ResultCode.EXISTS_WITH_DIFFERENT_FIELDS:
             return PaymentOutcome("quote_already_used")
         if obligation.code is ResultCode.DEBIT_BALANCE_CAP_EXCEEDED:
@@ -247,6 +249,7 @@ def _chain(
         TransferCommand.posted(
             scoped_id(institution_id, request.quote_id, "quote"), request.payer_wallet_id, parties.payer_fx_account,
             quote.source_minor, SOURCE_CURRENCY, linked=True, user_data=origin("fx", quote=str(request.quote_id)),
+            replay_ends_chain=True,
         ),
         TransferCommand.posted(
             scoped_id(institution_id, request.id, f"obligation:{window_id}"), payer_position, acquirer_position,

@@ -155,6 +155,8 @@ class RefundDesk:
         claim, _debit, obligation, _credit = results
         if all(r.ok for r in results):
             return RefundOutcome("ok", await self.get(institution_id, request.id), all(r.replayed for r in results))
+        if claim.ok and claim.replayed:  # this very refund committed meanwhile (a retry racing it)
+            return RefundOutcome("ok", await self.get(institution_id, request.id), True)
         if claim.code is ResultCode.EXISTS_WITH_DIFFERENT_FIELDS:
             return None  # another refund took this slot
         if obligation.code is ResultCode.DEBIT_BALANCE_CAP_EXCEEDED:
@@ -223,7 +225,7 @@ class _Legs:
         return [
             TransferCommand.posted(
                 slot_id(inst, payment.id, self.slot), bound_account_id(inst, payment.id), REFUND_SINK_ACCOUNT_ID,
-                self.target_minor, cny, linked=True, user_data=self._origin("claim"),
+                self.target_minor, cny, linked=True, user_data=self._origin("claim"), replay_ends_chain=True,
             ),
             TransferCommand.posted(
                 scoped_id(inst, self.refund_id, "refund-debit"), payment.merchant_wallet_id, acquirer_funding,

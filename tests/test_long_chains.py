@@ -53,3 +53,30 @@ async def test_a_chain_beyond_the_hard_maximum_is_refused_to_its_caller(ledger):
         with pytest.raises(ValueError, match=f"at most {BATCH_SIZE_MAX}"):
             await batcher.submit_many(chain(source, target, BATCH_SIZE_MAX + 1))
         assert (await batcher.submit(TransferCommand.posted(uuid7(), source, target, 1, "CNY"))).ok
+
+
+async def test_a_replayed_member_that_ends_its_chain_keeps_the_rest_of_the_chain_from_applying(ledger):
+    """A retry of a composite operation racing the original: its key member is a replay, so the
+    other members (here built for another window's accounts) must not apply."""
+    a, b, c = uuid7(), uuid7(), uuid7()
+    await ledger.create_accounts([AccountSpec(x, "CNY", "test") for x in (a, b, c)])
+    key, first, second = uuid7(), uuid7(), uuid7()
+    original = [
+        TransferCommand.posted(key, a, b, 100, "CNY", linked=True, replay_ends_chain=True),
+        TransferCommand.posted(first, b, c, 100, "CNY"),
+    ]
+    assert all(r.ok and not r.replayed for r in await ledger.submit(original))
+    racing = [
+        TransferCommand.posted(key, a, b, 100, "CNY", linked=True, replay_ends_chain=True),
+        TransferCommand.posted(second, a, c, 100, "CNY"),
+    ]
+    replayed, other = await ledger.submit(racing)
+    assert (replayed.code, replayed.replayed, other.code) == (ResultCode.OK, True, ResultCode.LINKED_EVENT_FAILED)
+    assert await ledger.get_transfer(second) is None
+    assert (await ledger.get_account(c)).balances.credits_posted == 100
+    # Without the flag a replayed member lets the chain go on (what plain retries of chains rely on).
+    plain = [
+        TransferCommand.posted(key, a, b, 100, "CNY", linked=True),
+        TransferCommand.posted(second, a, c, 100, "CNY"),
+    ]
+    assert [r.code for r in await ledger.submit(plain)] == [ResultCode.OK, ResultCode.OK]

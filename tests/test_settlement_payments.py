@@ -204,3 +204,14 @@ async def test_a_refused_payment_is_answered_the_same_refusal_on_retry_even_afte
     assert (again.code, again.replayed) == ("net_debit_cap_exceeded", True)
     other = PaymentRequest(request.id, request.payer_wallet_id, request.merchant_wallet_id, 100, "CNY", uuid7())
     assert (await corridor.desk.pay("hk-alphapay", other)).code == "exists_with_different_fields"
+
+
+async def test_a_retry_racing_its_payment_across_a_close_adds_no_second_obligation(corridor, ledger):
+    request = corridor.request(3_000)
+    assert (await corridor.desk.pay("hk-alphapay", request)).payment.settlement_window_id == 1
+    await corridor.windows.close(1, actor="operator")
+    # The racing retry got past the "already paid?" read before the original committed.
+    late = await corridor.desk._pay_new("hk-alphapay", request)
+    assert late.ok and late.replayed and late.payment.settlement_window_id == 1
+    assert await ledger.get_account(position_account_id(2, "hk-alphapay", "CNY")) is not None  # it was opened
+    assert (await ledger.get_account(position_account_id(2, "hk-alphapay", "CNY"))).balances.debits_posted == 0
