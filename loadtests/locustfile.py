@@ -267,12 +267,14 @@ class OperatorUser(SignedUser):
 
     @task(4)
     def wallet(self) -> None:
+        self._close_once()
         institution_id, wallet_id = self._some_wallet()
         key = self.seed.institutions[institution_id]
         self.signed("GET", f"/v1/wallets/{wallet_id}", institution_id, key, name="GET /v1/wallets/{id}")
 
     @task(3)
     def statement(self) -> None:
+        self._close_once()
         if random.random() < 0.2:  # the hot merchant's statement: its newest lines, under load
             institution_id, wallet_id = self.seed.acquirer, self.seed.merchants[0]
         else:
@@ -294,10 +296,12 @@ class OperatorUser(SignedUser):
 
     @task(1)
     def audit_head(self) -> None:
+        self._close_once()
         self.signed("GET", "/v1/audit/head", "operator", self.seed.operator_key, name="GET /v1/audit/head")
 
     @task(1)
     def institutions(self) -> None:
+        self._close_once()
         institution_id = random.choice(self.hk)
         self.signed(
             "GET", f"/v1/institutions/{institution_id}", "operator", self.seed.operator_key,
@@ -309,6 +313,7 @@ class OperatorUser(SignedUser):
     def settlement(self) -> None:
         """The settlement windows, then a closed window's batch (sometimes its CSV report); and, once
         per run, the close of window 1 a while into the load."""
+        self._close_once()
         if not self.settlement:
             return
         key = self.seed.operator_key
@@ -321,18 +326,16 @@ class OperatorUser(SignedUser):
             if random.random() < 0.2:
                 path, name = f"{path}/report?format=csv", f"{name}/report"
             self.signed("GET", path, "operator", key, name=name)
-        self._close_once(windows)
 
-    def _close_once(self, windows: list[dict[str, Any]]) -> None:
-        """Close window 1 while load runs, once: only window 1 (so Locust processes that each try
-        close it once between them; the loser's ``window_not_open`` is expected)."""
+    def _close_once(self) -> None:
+        """Close window 1 while load runs, once, when ``WINDOW_CLOSE_AFTER_S`` have passed: only
+        window 1, so that Locust processes that each try close it once between them (the loser's
+        ``window_not_open`` is expected). A position read first opens window 1 if nothing has."""
         global _window_closed
-        if _window_closed or time.monotonic() - _loaded_at < WINDOW_CLOSE_AFTER_S:
-            return
-        if not any(window.get("id") == 1 and window.get("status") == "open" for window in windows):
-            _window_closed = bool(windows)
+        if not self.settlement or _window_closed or time.monotonic() - _loaded_at < WINDOW_CLOSE_AFTER_S:
             return
         _window_closed = True
+        self.position()
         self.signed(
             "POST", "/v1/settlement/windows/1/close", "operator", self.seed.operator_key,
             name="POST /v1/settlement/windows/{id}/close", expected=frozenset({"window_not_open"}),
@@ -365,6 +368,7 @@ class MerchantLoadUser(SignedUser):
         self.cumulative = list(itertools.accumulate(weights))
         self.paid: list[tuple[str, int]] = []  # (payment id, CNY minor) of this user's unrefunded payments
         self.used_quotes: list[dict[str, Any]] = []  # quotes that paid
+        self.payments_asked = self.refusals_asked = 0
 
     def _merchant(self) -> str:
         point = random.random() * self.cumulative[-1]
@@ -377,12 +381,17 @@ class MerchantLoadUser(SignedUser):
         return data if 200 <= status < 300 else None
 
     def _kind(self) -> str:
-        if random.random() >= REFUSAL_SHARE:
+        """Every ``1 / REFUSAL_SHARE``-th payment of a user is meant to be refused (a steady share,
+        so that even a short run sees refusals), the kinds taken in turn."""
+        self.payments_asked += 1
+        every = round(1 / REFUSAL_SHARE) if REFUSAL_SHARE > 0 else 0
+        if every == 0 or self.payments_asked % every != 0:
             return "ok"
         kinds = ["poor_wallet"] if self.poor else []
         kinds += ["over_cap"] if self.seed.capped_institution else []
         kinds += ["reused_quote"] if self.used_quotes else []
-        return random.choice(kinds) if kinds else "ok"
+        self.refusals_asked += 1
+        return kinds[self.refusals_asked % len(kinds)] if kinds else "ok"
 
     @task(10)
     def pay(self) -> None:
@@ -455,11 +464,22 @@ def _check_failed(user: FastHttpUser, message: str) -> None:
     )  # fmt: skip
 
 
+_environments: list[Any] = []
+
+
+@events.init.add_listener
+def remember_environment(environment, **_kwargs) -> None:
+    _environments.append(environment)
+
+
 @events.quit.add_listener
-def write_final_stats(environment, **_kwargs) -> None:
+def write_final_stats(**_kwargs) -> None:
     """The final figures, as Locust's ``_stats.csv`` has them, to ``<prefix>_final_stats.csv``:
     Locust's own file is rewritten only once a second and may miss a short run's end (see
     ``loadtests.report.stats_rows``). A Locust worker has no figures of the whole run: the master writes."""
+    if not _environments:
+        return
+    environment = _environments[-1]
     prefix = getattr(environment.parsed_options, "csv_prefix", None)
     if not prefix or isinstance(environment.runner, WorkerRunner):
         return

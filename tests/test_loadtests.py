@@ -245,7 +245,8 @@ def assert_verified_smoke_run(completed: subprocess.CompletedProcess, summary: d
     the names of the endpoints Locust counted."""
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert summary["verified"] is True and summary["failures_unexpected"] == 0, summary
-    assert summary["requests"] > 0 and summary["rps"] > 0 and summary["baseline_rps"] > 0
+    figures = {key: summary[key] for key in ("requests", "rps", "baseline_rps", "baseline")}
+    assert summary["requests"] > 0 and summary["rps"] > 0 and summary["baseline_rps"] > 0, figures
     assert {"p50_ms", "p95_ms", "p99_ms"} <= summary.keys()
     assert summary["verification"]["counts"]["acknowledged"] > 0
     assert (out / "chart.png").stat().st_size > 0 and (out / "locust.html").exists()
@@ -265,11 +266,10 @@ def test_a_smoke_run_finishes_verified_with_no_unexpected_failure(tmp_path, scen
 
 
 def test_a_merchant_load_smoke_run_pays_refunds_refuses_closes_and_finishes_verified(tmp_path):
-    completed, summary = run_command(tmp_path, "merchant-load", "--refusal-share", "0.3", "--refund-share", "0.1")
+    completed, summary = run_command(tmp_path, "merchant-load", "--refusal-share", "0.5", "--refund-share", "0.1")
     out = tmp_path / "merchant-load"
     names = assert_verified_smoke_run(completed, summary, out)
     assert {"POST /v1/fx/quotes", "POST /v1/payments"} <= names, names
-    assert any(name.startswith("POST /v1/payments [refused: ") for name in names), names
     # The operator closed window 1 while payments ran, then the run closed the last window: every
     # acknowledged payment is in exactly one batch, whose obligations net to the payments less refunds.
     assert "POST /v1/settlement/windows/{id}/close" in names, names
@@ -277,6 +277,8 @@ def test_a_merchant_load_smoke_run_pays_refunds_refuses_closes_and_finishes_veri
     assert verification["checks"]["settlement_batches"]["ok"] and verification["counts"]["settlement_batches"] >= 2
     logs = read_request_logs(out / "requests")
     assert {request.kind for request in logs if request.acknowledged} >= {"payment"}
+    # Every other payment was meant to be refused: each answered its code (anything else would have
+    # been an unexpected failure), and nothing it asked for is in the ledger (refused_left_no_trace).
     refused_codes = {request.code for request in logs if not request.acknowledged}
     assert refused_codes and refused_codes <= {"quote_already_used", "insufficient_funds", "net_debit_cap_exceeded"}
 
