@@ -32,8 +32,17 @@ def _number(text: str | None) -> float:
         return 0.0
 
 
+FINAL_SUFFIX = "_final_stats.csv"
+
+
 def stats_rows(prefix: Path) -> list[dict[str, str]]:
-    path = prefix.parent / f"{prefix.name}_stats.csv"
+    """The final figures: ``<prefix>_final_stats.csv`` that the locustfile writes as Locust quits,
+    else Locust's own ``<prefix>_stats.csv``. Locust rewrites the latter once a second from a
+    greenlet that a busy two-core machine may start late and never runs again before a short run
+    ends, leaving the figures of its start (zero requests) on disk."""
+    path = prefix.parent / f"{prefix.name}{FINAL_SUFFIX}"
+    if not path.exists():
+        path = prefix.parent / f"{prefix.name}_stats.csv"
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
 

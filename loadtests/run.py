@@ -10,9 +10,11 @@
 4. the baseline: the same Locust set-up (users, spawn rate) against ``GET /healthz``;
 5. the scenario, Locust headless with its progress table on the terminal (``--locust-workers N``:
    a Locust master and N workers on this machine);
-6. the server is stopped (it drains), then ``loadtests.verify`` checks the ledger against the
-   users' request logs, the books and ``ledger audit verify``;
-7. ``DIR/summary.json``, ``DIR/chart.png``, Locust's CSV and HTML reports; the figures printed.
+6. merchant-load: the operator closes the open window, so that every payment of the run is in a
+   closed window, and reads every batch (``GET /v1/settlement/batches/{id}``);
+7. the server is stopped (it drains), then ``loadtests.verify`` checks the ledger against the
+   users' request logs, the books, the batches and ``ledger audit verify``;
+8. ``DIR/summary.json``, ``DIR/chart.png``, Locust's CSV and HTML reports; the figures printed.
 
 Exit code: 0 when verified, 1 when a check failed, 2 for bad flags or a scenario this server cannot
 run (merchant-load without the settlement API), 3 when the run itself broke (a server or Locust that
@@ -33,20 +35,26 @@ import sys
 import urllib.request
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+
+from nacl.signing import SigningKey
 
 from ledger.db import create_engine
 from ledger.keys import read_signing_key
 from loadtests import report, server
-from loadtests.seed import SeedPlan, SeedResult, seed
+from loadtests.seed import OPERATOR_ID, SeedPlan, SeedResult, seed
 from loadtests.verify import Verification, verify_run
+from service.client import LedgerClient
 from service.config import Settings
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 SCENARIOS = {
     "hot-transfer": ["HotTransferUser"],
     "operator": ["HotTransferUser", "OperatorUser"],
-    "merchant-load": ["MerchantLoadUser"],
+    "merchant-load": ["MerchantLoadUser", "OperatorUser"],
 }
+OPERATOR_USERS = {"merchant-load": 1}  # the operator scenario takes its operators by weight
+PAYMENT_SCENARIOS = frozenset({"merchant-load"})
 SCENARIO_ROUTES = {"merchant-load": "/v1/payments"}
 LOCUST_STOP_TIMEOUT_S = 10
 LOCUST_EXTRA_S = 120  # how long past --duration a Locust run may take before it is stopped
@@ -152,6 +160,7 @@ def _run_against(
         LOADTEST_HOT_SHARE=str(args.hot_share),
         LOADTEST_REFUSAL_SHARE=str(args.refusal_share),
         LOADTEST_REFUND_SHARE=str(args.refund_share),
+        LOADTEST_WINDOW_CLOSE_AFTER_S=str(duration_s(args.duration) / 2),
     )
     baseline_duration = args.baseline_duration or args.duration
     baseline = None
@@ -160,11 +169,17 @@ def _run_against(
         _locust(args, url, ["BaselineUser"], baseline_duration, out / "baseline", environment)
         baseline = report.figures(out / "baseline")
     print(f"scenario {args.scenario}: {args.users} users for {args.duration}")
+    # Only for the scenario: a fixed count of a class the baseline does not run upsets its stats.
+    environment["LOADTEST_OPERATOR_USERS"] = str(OPERATOR_USERS.get(args.scenario, 0))
     _locust(args, url, SCENARIOS[args.scenario], args.duration, out / "locust", environment)
+    batches = None
+    if args.scenario in PAYMENT_SCENARIOS:
+        batches = asyncio.run(settlement_batches(url, operator_key))
+        print(f"closed the open window; {len(batches)} settlement batches read")
     if serving is not None:
         code = serving.stop()  # drains: every acknowledged request is committed before we look
         print(f"ledger serve stopped (exit {code})")
-    verification = asyncio.run(_verify(ledger, log_dir, seeded))
+    verification = asyncio.run(_verify(ledger, log_dir, seeded, batches))
     return _finish(args, out, baseline, verification)
 
 
@@ -208,12 +223,42 @@ def _locust(
         raise SystemExit(f"Locust failed (exit {code}): no {prefix.name}_stats.csv")
 
 
-async def _verify(ledger: server.FreshLedger, log_dir: Path, seeded: SeedResult) -> Verification:
+async def settlement_batches(url: str, operator_key: SigningKey) -> dict[int, list[dict[str, Any]]]:
+    """Close the open window (so that every payment of the run is in a closed window's batch), then
+    read every closed window's batch as the operator: window id -> its ``bilateral`` obligations."""
+    async with LedgerClient(url, key_id=OPERATOR_ID, signing_key=operator_key, timeout_s=60.0) as operator:
+        windows = await _all_windows(operator)
+        for window in windows:
+            if window["status"] == "open":
+                await operator.post(f"/v1/settlement/windows/{window['id']}/close")
+        batches = {}
+        for window in windows:
+            batch = (await operator.get(f"/v1/settlement/batches/{window['id']}")).data
+            batches[int(window["id"])] = batch["bilateral"]
+        return batches
+
+
+async def _all_windows(operator: LedgerClient) -> list[dict[str, Any]]:
+    windows: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 500} | ({"cursor": cursor} if cursor else {})
+        page = (await operator.get("/v1/settlement/windows", params)).data
+        windows += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return windows
+
+
+async def _verify(
+    ledger: server.FreshLedger, log_dir: Path, seeded: SeedResult, batches: dict[int, list[dict[str, Any]]] | None
+) -> Verification:
     engine = create_engine(ledger.database_url)
     try:
         return await verify_run(
-            engine, log_dir, seeded.institutions, data_dir=ledger.data_dir, database_url=ledger.database_url
-        )
+            engine, log_dir, seeded.institutions, data_dir=ledger.data_dir, database_url=ledger.database_url,
+            batches=batches, acquirers=[seeded.acquirer],
+        )  # fmt: skip
     finally:
         await engine.dispose()
 

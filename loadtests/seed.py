@@ -7,9 +7,21 @@ from the treasury with ``POST /v1/transfer-batches`` (1,000 per request, a few r
 A Shenzhen acquirer opens the merchant wallets: the first is the hot merchant.
 
 ``hot-transfer`` and ``operator`` get e-CNY (CNY) tier-2 personal wallets; ``merchant-load`` gets
-HKD ``svf-verified`` personal wallets (payers) and CNY merchants. Everything a Locust user needs
-(the institutions' private seeds, the wallet ids) is written to ``seed.json``: a load test's own
-throw-away keys, kept beside its reports.
+HKD ``svf-verified`` personal wallets (payers) and CNY merchants, and the rest of a corridor:
+
+- each Hong Kong institution registers a net debit cap of its whole float (CNY, as many units as
+  the HKD float: HKD is worth less than CNY, so its payers can never pay more) and the operator
+  prefunds as much settlement liquidity, so the cap in force never refuses an ordinary payment;
+- a few never-funded wallets per institution (``poor_wallets``): a payment from one is refused
+  ``insufficient_funds``;
+- one more Hong Kong institution, ``lt-hk-capped``, with a CNY 1.00 cap and no liquidity (cap in
+  force: zero) and a few funded wallets: its every payment is refused ``net_debit_cap_exceeded``;
+- the acquirer is prefunded too, so that a refund in a window after its payment's (the acquirer's
+  position there may be a net debit) is never refused by the acquirer's cap in force;
+- a settlement bank, and the HKD→CNY rate.
+
+Everything a Locust user needs (the institutions' private seeds, the wallet ids) is written to
+``seed.json``: a load test's own throw-away keys, kept beside its reports.
 """
 
 from __future__ import annotations
@@ -32,6 +44,12 @@ from service.client import LedgerClient, transfer_payload
 OPERATOR_ID = "operator"
 HK_PREFIX = "lt-hk-"
 ACQUIRER_ID = "lt-sz-0"
+CAPPED_ID = "lt-hk-capped"
+BANK_ID = "lt-bank"
+CAPPED_CAP = "1.00"  # registered; with no liquidity the cap in force is zero
+CAPPED_WALLETS = 4
+POOR_WALLETS = 3  # per Hong Kong institution, never funded
+HKD_CNY_RATE = {"source_currency": "HKD", "target_currency": "CNY", "mid_rate": "0.9234", "spread_bps": 50}
 BATCH_SIZE = 1_000  # the API's maximum per wallet or transfer batch
 BATCHES_IN_FLIGHT = 4
 SEED_METADATA = {"seed": True}  # marks funding transfers, so the verifier tells them from load
@@ -66,6 +84,10 @@ class SeedResult:
     merchants: list[str] = field(default_factory=list)  # merchant wallet ids, the hot one first
     acquirer: str = ACQUIRER_ID
     seconds: dict[str, float] = field(default_factory=dict)
+    # merchant-load only: wallets that hold nothing, and an institution whose cap in force is zero
+    poor_wallets: dict[str, list[str]] = field(default_factory=dict)
+    capped_institution: str = ""
+    capped_wallets: list[str] = field(default_factory=list)
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -91,23 +113,46 @@ async def seed(
     started = time.perf_counter()
     keys = {f"{HK_PREFIX}{n}": SigningKey.generate() for n in range(plan.institutions)}
     keys[ACQUIRER_ID] = SigningKey.generate()
+    payments = plan.scenario == "merchant-load"
+    shares = _split(plan.wallets, plan.institutions)
+    caps = {f"{HK_PREFIX}{n}": _times(plan.funding, share) for n, share in enumerate(shares)}
+    if payments:
+        keys[CAPPED_ID] = SigningKey.generate()
+        keys[BANK_ID] = SigningKey.generate()
+        caps[CAPPED_ID] = CAPPED_CAP
     async with LedgerClient(base_url, key_id=OPERATOR_ID, signing_key=operator_key, timeout_s=SEED_TIMEOUT_S) as op:
         for institution_id, key in keys.items():
-            kind = "sz_acquirer" if institution_id == ACQUIRER_ID else "hk_payment_institution"
-            await op.create_institution(institution_id, institution_id.upper(), kind, public_key_text(key.verify_key))
+            cap = {"amount": caps[institution_id], "currency": "CNY"} if payments and institution_id in caps else None
+            await op.create_institution(
+                institution_id, institution_id.upper(), _kind(institution_id), public_key_text(key.verify_key),
+                net_debit_cap=cap,
+            )  # fmt: skip
             result.institutions[institution_id] = key_text(key)
+        if payments:
+            await op.post("/v1/fx/rates", HKD_CNY_RATE)
+            liquidity = {institution_id: cap for institution_id, cap in caps.items() if institution_id != CAPPED_ID}
+            liquidity[ACQUIRER_ID] = _times(plan.funding, plan.wallets)
+            for institution_id, amount in liquidity.items():
+                payload = {"id": str(uuid7()), "amount": amount, "currency": "CNY"}
+                await op.post(f"/v1/institutions/{institution_id}/liquidity", payload)
     result.seconds["institutions"] = time.perf_counter() - started
 
     started = time.perf_counter()
     async with _client(base_url, ACQUIRER_ID, keys[ACQUIRER_ID]) as acquirer:
         result.merchants = await _open_merchants(acquirer, max(1, plan.merchants))
-    shares = _split(plan.wallets, plan.institutions)
+    hk = [k for k in keys if k.startswith(HK_PREFIX) and k != CAPPED_ID]
     await asyncio.gather(
         *(
             _open_and_fund(base_url, institution_id, keys[institution_id], count, plan, result)
-            for institution_id, count in zip([k for k in keys if k != ACQUIRER_ID], shares)
+            for institution_id, count in zip(hk, shares)
         )
     )
+    if payments:
+        async with _client(base_url, CAPPED_ID, keys[CAPPED_ID]) as capped:
+            result.capped_institution = CAPPED_ID
+            result.capped_wallets = await _open_wallets(capped, _person_specs(CAPPED_ID, CAPPED_WALLETS, plan))
+            for wallet_id in result.capped_wallets:
+                await capped.deposit(wallet_id, plan.funding)
     result.seconds["wallets_and_funding"] = time.perf_counter() - started
     total_s = result.seconds["institutions"] + result.seconds["wallets_and_funding"]
     log(
@@ -119,6 +164,22 @@ async def seed(
 
 def _client(base_url: str, key_id: str, key: SigningKey) -> LedgerClient:
     return LedgerClient(base_url, key_id=key_id, signing_key=key, timeout_s=SEED_TIMEOUT_S)
+
+
+def _kind(institution_id: str) -> str:
+    if institution_id == ACQUIRER_ID:
+        return "sz_acquirer"
+    return "settlement_bank" if institution_id == BANK_ID else "hk_payment_institution"
+
+
+def _person_specs(institution_id: str, count: int, plan: SeedPlan, *, first: int = 0) -> list[dict[str, Any]]:
+    profile = {"limit_profile": "svf-verified"} if plan.currency == "HKD" else {"tier": 2}
+    return [
+        {"id": str(uuid7()), "owner_ref": f"{institution_id}-c{n:07d}", "owner_kind": "person"}
+        | {"currency": plan.currency}
+        | profile
+        for n in range(first, first + count)
+    ]
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -155,16 +216,12 @@ async def _open_and_fund(
         )
         float_total = _times(plan.funding, count)
         await client.deposit(treasury["id"], float_total)
-        profile = {"limit_profile": "svf-verified"} if plan.currency == "HKD" else {"tier": 2}
-        specs = [
-            {"id": str(uuid7()), "owner_ref": f"{institution_id}-c{n:07d}", "owner_kind": "person"}
-            | {"currency": plan.currency}
-            | profile
-            for n in range(count)
-        ]
         started = time.perf_counter()
-        wallet_ids = await _open_wallets(client, specs)
+        wallet_ids = await _open_wallets(client, _person_specs(institution_id, count, plan))
         result.wallets[institution_id] = wallet_ids
+        if plan.scenario == "merchant-load":
+            poor = _person_specs(institution_id, POOR_WALLETS, plan, first=count)
+            result.poor_wallets[institution_id] = await _open_wallets(client, poor)
         result.seconds[f"{institution_id}_wallets"] = time.perf_counter() - started
         started = time.perf_counter()
         fundings = [

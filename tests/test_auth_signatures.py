@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import hashlib
 import re
 import timeit
 
+import http_sf
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +23,7 @@ from service.auth import (
     SignatureProblem,
     VerifiedRequest,
     content_digest,
+    fast_signature_base,
     sign_request,
     verify_request,
     verify_signature,
@@ -552,3 +555,112 @@ def test_verify_cost_is_measured(signing_key, capsys):
         print(f"\nverify_request: {cost_ms:.3f} ms per signed POST (one key)")
     # A generous ceiling: this is a measurement, not a benchmark gate; it catches a pathological regression.
     assert cost_ms < 20
+
+
+# --- the fast path against the library: the same signature base, or the library decides -----------
+
+VISIBLE_PATH = st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?#"))
+ODD_PATH = st.text(alphabet=st.sampled_from(["a", "/", " ", "é", "%", "\t", "?", "#", "\\", '"', "~"]), max_size=12)
+# What a client sends: RFC 3986 path characters and %-escapes (the library signs nothing else).
+PCHAR_TEXT = st.lists(
+    st.one_of(st.sampled_from(list("AZaz09._~!$&'()*+,;=:@/-")), st.sampled_from(["%2F", "%20", "%e9", "%7E"])),
+    max_size=40,
+).map("".join)
+CONTRACT_COMPONENTS = ["@method", "@path", "@query", "content-digest"]
+OTHER_COMPONENTS = [("@authority", {}), ("content-type", {}), ("content-digest", {"sf": True}), ("@scheme", {})]
+
+
+@st.composite
+def signed_inputs(draw):
+    """A request and a Signature-Input member: usually the contract's shape, sometimes anything nearby."""
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "get", "Post"]))
+    path = "/" + draw(st.one_of(VISIBLE_PATH, ODD_PATH))
+    query = draw(st.one_of(st.none(), VISIBLE_PATH.map(lambda text: text.replace("#", "")), ODD_PATH))
+    url = path + ("" if query is None else f"?{query}")
+    if draw(st.booleans()):
+        url = draw(st.sampled_from(["http://127.0.0.1:8080", "https://ledger.example", "http://LOCALHOST"])) + url
+    body = draw(st.one_of(st.none(), st.binary(min_size=1, max_size=48)))
+    lines = [("Content-Type", "application/json")] if draw(st.booleans()) else []
+    if body is not None or draw(st.booleans()):
+        digest = content_digest(body or b"x")
+        digest = draw(st.sampled_from([digest, f" {digest} ", f"{digest}, sha-512=:AAAA:", digest + "\t"]))
+        lines.append(("Content-Digest", digest))
+        if draw(st.integers(0, 9)) == 0:
+            lines.append(("content-digest", content_digest(b"y")))  # a repeated field line
+    names = [name for name in CONTRACT_COMPONENTS if draw(st.booleans()) or name in ("@method", "@path")]
+    components = [(name, {}) for name in names]
+    if draw(st.integers(0, 3)) == 0:
+        components.insert(draw(st.integers(0, len(components))), draw(st.sampled_from(OTHER_COMPONENTS)))
+    if draw(st.integers(0, 5)) == 0:
+        components = draw(st.permutations(components))
+    params = {"created": draw(st.integers(0, 2**40)), "keyid": draw(st.sampled_from([KEY_ID, "lt-hk-0", "a.b:c"]))}
+    if draw(st.booleans()):
+        params["alg"] = "ed25519"
+    extra = draw(st.sampled_from([{}, {}, {"expires": NOW + 60}, {"nonce": "n-1"}, {"tag": "t"}, {"alg": "rsa"}]))
+    params |= extra
+    params = dict(draw(st.permutations(list(params.items()))))
+    return method, url, body, lines, components, params
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=signed_inputs())
+def test_the_fast_signature_base_is_the_librarys_or_none(signing_key, request):
+    """Differential: whenever ``fast_signature_base`` builds a base, the library (the reference
+    implementation, through ``verify_signature``) accepts a signature over exactly those bytes;
+    when it builds none, the library alone decides, so nothing unusual ever takes the fast path."""
+    method, url, _body, lines, components, params = request
+    signature_input = http_sf.ser({"sig1": (components, params)})
+    fast = fast_signature_base(method, url, components, params, lines)
+    if fast is None:
+        return
+    signature = base64.b64encode(signing_key.sign(fast).signature).decode("ascii")
+    headers = [*lines, ("Signature-Input", signature_input), ("Signature", f"sig1=:{signature}:")]
+    verify_signature(method, url, headers, label="sig1", verify_keys=[signing_key.verify_key])
+    # And the wrong key is refused on the fast path as by the library.
+    with pytest.raises(Exception):  # noqa: B017 - the library raises its own exception type
+        verify_signature(method, url, headers, label="sig1", verify_keys=[SigningKey.generate().verify_key])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["GET", "POST", "DELETE"]),
+    path=PCHAR_TEXT,
+    query=st.one_of(st.none(), PCHAR_TEXT, PCHAR_TEXT.map(lambda text: text + "?x=1")),
+    body=st.one_of(st.none(), st.binary(min_size=1, max_size=64)),
+)
+def test_what_the_project_signs_takes_the_fast_path_and_verifies(signing_key, method, path, query, body):
+    url = "/" + path + ("" if query is None else f"?{query}")
+    headers = signed(method, url, body, signing_key)
+    lines = list(headers.items())
+    member = http_sf.parse(headers["Signature-Input"].encode(), tltype="dictionary")["sig1"]
+    assert fast_signature_base(method, url, member[0], member[1], lines) is not None
+    resolve_keys = keys_resolver(signing_key.verify_key)
+    verified = asyncio.run(verify_request(method, url, headers, body, resolve_keys=resolve_keys, now=NOW))
+    assert verified.key_id == KEY_ID
+    other = keys_resolver(SigningKey.generate().verify_key)
+    assert asyncio.run(refusal(method, url, headers, body, other)).code == "signature_invalid"
+
+
+async def test_an_unusual_request_falls_back_to_the_library_and_still_verifies(signing_key):
+    """Covering a component beyond the contract's (Content-Type) is the library's business."""
+    from http_message_signatures import HTTPMessageSigner
+    from http_message_signatures.algorithms import ED25519
+    from http_message_signatures.structures import CaseInsensitiveDict
+
+    from service.auth import _RequestView
+
+    headers = CaseInsensitiveDict([("Content-Type", "application/json")])
+    message = _RequestView("POST", "http://localhost/v1/transfers", headers)
+    signer = HTTPMessageSigner(signature_algorithm=ED25519)
+    prepared = signer.prepare(
+        message, key_id=KEY_ID, created=datetime.datetime.fromtimestamp(NOW, datetime.UTC), label="sig1",
+        covered_component_ids=["@method", "@path", "content-type"], body=TRANSFER_BODY,
+    )  # fmt: skip
+    signer.apply(message, prepared, signing_key.sign(prepared.signature_base).signature)
+    member = http_sf.parse(headers["Signature-Input"].encode(), tltype="dictionary")["sig1"]
+    assert fast_signature_base("POST", "/v1/transfers", member[0], member[1], list(headers.items())) is None
+    resolve_keys = keys_resolver(signing_key.verify_key)
+    verified = await verify_request(
+        "POST", "/v1/transfers", dict(headers.items()), TRANSFER_BODY, resolve_keys=resolve_keys, now=NOW
+    )
+    assert "content-type" in verified.covered_components

@@ -20,7 +20,15 @@ from ledger.db import create_engine
 from ledger.ids import uuid7
 from ledger.schema import transfers
 from loadtests.run import duration_s
-from loadtests.verify import LoggedRequest, StoredRow, check_books, check_requests, stored_rows
+from loadtests.verify import (
+    LoggedRequest,
+    StoredRow,
+    check_batches,
+    check_books,
+    check_requests,
+    read_request_logs,
+    stored_rows,
+)
 from wallets.ids import Origin
 from wallets.model import InstitutionKind, OwnerKind, TransferRequest, WalletSpec
 from wallets.service import WalletBook
@@ -70,11 +78,59 @@ def test_the_pure_checks_pass_a_clean_run_and_name_each_planted_fault():
     # A payment is its merchant credit leg: its other legs are not a second payment.
     payment = uuid7()
     legs = [
-        row(payment, "payment", leg="quote"),
+        row(payment, "payment", leg="fx"),
         row(payment, "payment", leg="obligation"),
         row(payment, "payment", leg="credit"),
     ]
     assert check_requests([logged(payment, kind="payment")], legs)[0]["acknowledged_stored_once"].ok
+
+
+def payment_rows(client_id: UUID, amount: int, window: int, *, skip: str = "") -> list[StoredRow]:
+    legs = [("fx", amount + 10, None), ("obligation", amount, window), ("credit", amount, window)]
+    return [
+        StoredRow(uuid7(), "hk", client_id, "payment", leg, minor, window=w) for leg, minor, w in legs if leg != skip
+    ]
+
+
+def refund_rows(client_id: UUID, amount: int, window: int) -> list[StoredRow]:
+    legs = [("claim", amount, None), ("debit", amount, None), ("obligation", amount, None)]
+    legs.append(("credit", amount + 9, window))  # the customer's HKD
+    return [StoredRow(uuid7(), "hk", client_id, "refund", leg, minor, window=w) for leg, minor, w in legs]
+
+
+def test_payments_and_refunds_are_checked_leg_by_leg_and_against_the_batches():
+    paid, later, refund = uuid7(), uuid7(), uuid7()
+    log = [
+        logged(paid, amount=1_000, kind="payment"),
+        logged(later, amount=500, kind="payment"),
+        logged(refund, amount=400, kind="refund"),
+    ]
+    stored = payment_rows(paid, 1_000, 1) + payment_rows(later, 500, 2) + refund_rows(refund, 400, 2)
+    checks, counts = check_requests(log, stored)
+    assert all(check.ok for check in checks.values()) and counts["acknowledged"] == 3, checks
+
+    def obligation(debtor: str, creditor: str, amount: str) -> dict[str, str]:
+        return {"debtor": debtor, "creditor": creditor, "currency": "CNY", "amount": amount}
+
+    batches = {
+        1: [obligation("hk", "acq", "10.00")],
+        2: [obligation("hk", "acq", "5.00"), obligation("acq", "hk", "4.00")],
+    }
+    assert check_batches(log, stored, batches, ["acq"]).ok, check_batches(log, stored, batches, ["acq"]).problems
+
+    short = {1: batches[1], 2: [obligation("hk", "acq", "5.00")]}  # the refund missing from window 2's batch
+    assert "window 2" in check_batches(log, stored, short, ["acq"]).problems[0]
+    unclosed = {1: batches[1]}  # window 2 never became a batch
+    assert not check_batches(log, stored, unclosed, ["acq"]).ok
+
+    half_applied = payment_rows(paid, 1_000, 1, skip="obligation")
+    assert "legs" in check_requests(log[:1], half_applied)[0]["acknowledged_stored_once"].problems[0]
+    other_amount = check_requests([logged(paid, amount=999, kind="payment")], payment_rows(paid, 1_000, 1))[0]
+    assert not other_amount["acknowledged_stored_once"].ok
+    refused_trace = check_requests([logged(paid, 422, "insufficient_funds", kind="payment")], payment_rows(paid, 1, 1))
+    assert not refused_trace[0]["refused_left_no_trace"].ok
+    unlogged_refund = check_requests([], refund_rows(refund, 400, 2))[0]
+    assert not unlogged_refund["no_unlogged_load_transfers"].ok
 
 
 # -- against a small ledger ---------------------------------------------------------------------------
@@ -167,13 +223,14 @@ def test_durations_read_as_locust_writes_them():
 # -- smoke runs of the whole command ------------------------------------------------------------------
 
 
-def run_command(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProcess, dict]:
+def run_command(tmp_path: Path, scenario: str, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
     out = tmp_path / scenario
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), environment.get("PYTHONPATH")]))
     command = [
         sys.executable, "-m", "loadtests", "run", "--scenario", scenario, "--users", "4", "--spawn-rate", "20",
         "--duration", "3s", "--baseline-duration", "2s", "--database", "sqlite", "--wallets", "60", "--out", str(out),
+        *extra,
     ]  # fmt: skip
     completed = subprocess.run(
         command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
@@ -183,31 +240,58 @@ def run_command(tmp_path: Path, scenario: str) -> tuple[subprocess.CompletedProc
     return completed, json.loads(summary_path.read_text())
 
 
+def assert_verified_smoke_run(completed: subprocess.CompletedProcess, summary: dict, out: Path) -> set[str]:
+    """The figures and reports are there, verification passed, nothing unexpected failed; answers
+    the names of the endpoints Locust counted."""
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert summary["verified"] is True and summary["failures_unexpected"] == 0, summary
+    figures = {key: summary[key] for key in ("requests", "rps", "baseline_rps", "baseline")}
+    assert summary["requests"] > 0 and summary["rps"] > 0 and summary["baseline_rps"] > 0, figures
+    assert {"p50_ms", "p95_ms", "p99_ms"} <= summary.keys()
+    assert summary["verification"]["counts"]["acknowledged"] > 0
+    assert (out / "chart.png").stat().st_size > 0 and (out / "locust.html").exists()
+    return {endpoint["name"] for endpoint in summary["endpoints"]}
+
+
 @pytest.mark.parametrize("scenario", ["hot-transfer", "operator"])
 def test_a_smoke_run_finishes_verified_with_no_unexpected_failure(tmp_path, scenario):
     completed, summary = run_command(tmp_path, scenario)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    assert summary["verified"] is True and summary["failures_unexpected"] == 0, summary
-    assert summary["requests"] > 0 and summary["rps"] > 0 and summary["baseline_rps"] > 0
-    assert {"p50_ms", "p95_ms", "p99_ms"} <= summary.keys()
-    assert summary["verification"]["counts"]["acknowledged"] > 0
-    out = tmp_path / scenario
-    assert (out / "chart.png").stat().st_size > 0 and (out / "locust.html").exists()
-    names = {endpoint["name"] for endpoint in summary["endpoints"]}
+    names = assert_verified_smoke_run(completed, summary, tmp_path / scenario)
     assert "POST /v1/transfers" in names
     if scenario == "operator":
         assert {"GET /v1/wallets/{id}", "GET /v1/wallets/{id}/transfers", "GET /v1/audit/head"} & names, names
+        assert "GET /v1/settlement/windows" in names, names
+        # Window 1 was closed while the transfers ran (at half the duration), and all still verified.
+        assert "POST /v1/settlement/windows/{id}/close" in names, names
 
 
-def test_merchant_load_says_it_needs_the_settlement_api(tmp_path):
-    environment = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    command = [
-        sys.executable, "-m", "loadtests", "run", "--scenario", "merchant-load", "--users", "1", "--duration", "1s",
-        "--database", "sqlite", "--wallets", "10", "--out", str(tmp_path / "m"),
-    ]  # fmt: skip
-    completed = subprocess.run(
-        command, cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S, check=False
+def test_a_merchant_load_smoke_run_pays_refunds_refuses_closes_and_finishes_verified(tmp_path):
+    completed, summary = run_command(tmp_path, "merchant-load", "--refusal-share", "0.5", "--refund-share", "0.1")
+    out = tmp_path / "merchant-load"
+    names = assert_verified_smoke_run(completed, summary, out)
+    assert {"POST /v1/fx/quotes", "POST /v1/payments"} <= names, names
+    # The operator closed window 1 while payments ran, then the run closed the last window: every
+    # acknowledged payment is in exactly one batch, whose obligations net to the payments less refunds.
+    assert "POST /v1/settlement/windows/{id}/close" in names, names
+    verification = summary["verification"]
+    assert verification["checks"]["settlement_batches"]["ok"] and verification["counts"]["settlement_batches"] >= 2
+    logs = read_request_logs(out / "requests")
+    assert {request.kind for request in logs if request.acknowledged} >= {"payment"}
+    # Every other payment was meant to be refused: each answered its code (anything else would have
+    # been an unexpected failure), and nothing it asked for is in the ledger (refused_left_no_trace).
+    refused_codes = {request.code for request in logs if not request.acknowledged}
+    assert refused_codes and refused_codes <= {"quote_already_used", "insufficient_funds", "net_debit_cap_exceeded"}
+
+
+def test_merchant_load_refuses_a_server_without_the_settlement_api(tmp_path, monkeypatch):
+    """Against a server whose /openapi.json has no /v1/payments, the run stops with exit 2 before
+    seeding (what a tester sees pointing merchant-load at an older server)."""
+    from loadtests import run
+
+    monkeypatch.setattr(run, "_server_paths", lambda url: {"/v1/transfers"})
+    target = "http://127.0.0.1:9"
+    args = run.parse_args(
+        ["--scenario", "merchant-load", "--out", str(tmp_path), "--target", target, "--data-dir", str(tmp_path)]
     )
-    if completed.returncode == 2 and "needs the settlement API" in completed.stderr:
-        return
-    pytest.skip("this server has the settlement API: merchant-load ran (see its own smoke test)")
+    ledger = run.server.FreshLedger(tmp_path, "sqlite+aiosqlite:///unused.db")
+    assert run._run_against(args, tmp_path, ledger, target, None) == run.EXIT_USAGE
