@@ -283,6 +283,7 @@ def ledger_server(database_url, tmp_path) -> Iterator[LedgerServer]:
         yield server
 
 
+@pytest.mark.slow  # about 20 s a database: in CI's full run, out of the fast loop
 @pytest.mark.timeout(RUN_DEADLINE_S)
 def test_every_operation_conforms_to_the_served_schema(ledger_server: LedgerServer) -> None:
     schema = load_schema(ledger_server)

@@ -253,6 +253,7 @@ def assert_verified_smoke_run(completed: subprocess.CompletedProcess, summary: d
     return {endpoint["name"] for endpoint in summary["endpoints"]}
 
 
+@pytest.mark.slow  # a real server and a Locust run, about 13 s each: in CI's full run
 @pytest.mark.parametrize("scenario", ["hot-transfer", "operator"])
 def test_a_smoke_run_finishes_verified_with_no_unexpected_failure(tmp_path, scenario):
     completed, summary = run_command(tmp_path, scenario)
@@ -265,6 +266,7 @@ def test_a_smoke_run_finishes_verified_with_no_unexpected_failure(tmp_path, scen
         assert "POST /v1/settlement/windows/{id}/close" in names, names
 
 
+@pytest.mark.slow
 def test_a_merchant_load_smoke_run_pays_refunds_refuses_closes_and_finishes_verified(tmp_path):
     completed, summary = run_command(tmp_path, "merchant-load", "--refusal-share", "0.5", "--refund-share", "0.1")
     out = tmp_path / "merchant-load"
@@ -283,6 +285,7 @@ def test_a_merchant_load_smoke_run_pays_refunds_refuses_closes_and_finishes_veri
     assert refused_codes and refused_codes <= {"quote_already_used", "insufficient_funds", "net_debit_cap_exceeded"}
 
 
+@pytest.mark.slow
 def test_merchant_load_refuses_a_server_without_the_settlement_api(tmp_path, monkeypatch):
     """Against a server whose /openapi.json has no /v1/payments, the run stops with exit 2 before
     seeding (what a tester sees pointing merchant-load at an older server)."""
