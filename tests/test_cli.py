@@ -45,6 +45,7 @@ async def tamper_one_amount(database_url: str) -> None:
         await engine.dispose()
 
 
+@pytest.mark.slow  # a whole demo through a served API
 async def test_demo_then_audit_verify_passes_and_a_changed_amount_fails_it(settings, capsys):
     assert await cli.demo(settings, quiet(), payments=60) == 0
     assert settings.signing_key_path.exists()
@@ -90,6 +91,7 @@ async def test_audit_head_of_a_ledger_without_blocks_says_so_and_prints_no_ancho
     assert capsys.readouterr().out == ""  # nothing a script could take for an anchor
 
 
+@pytest.mark.slow  # a whole demo through a served API
 def test_main_runs_init_demo_and_audit_on_the_embedded_default(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("LEDGER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("LEDGER_DATABASE_URL", raising=False)
@@ -356,6 +358,7 @@ def table_rows(output: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
+@pytest.mark.slow  # a whole demo through a served API
 async def test_demo_runs_the_corridor_through_the_api_and_keeps_the_institutions_keys(settings):
     console = wide()
     assert await cli.demo(settings, console, payments=25) == 0

@@ -37,7 +37,8 @@ from ledger.store import store_for
 from ledger.store.postgres import _uuid_array
 from ledger.submit import SUBMIT_ATTEMPTS_MAX
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+# Real concurrent connections on PostgreSQL, seconds each: in CI's full run, out of the fast loop.
+pytestmark = [pytest.mark.parametrize("backend", ["postgresql"]), pytest.mark.slow]
 
 WAIT_S = 30
 WALLET = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS

@@ -17,7 +17,8 @@ from ledger import AccountSpec, Batcher, Ledger, LedgerKeyMismatch, Limits, Resu
 from ledger.db import create_engine
 from ledger.ids import uuid7
 
-pytestmark = pytest.mark.parametrize("backend", ["postgresql"])
+# Real concurrent connections on PostgreSQL, seconds each: in CI's full run, out of the fast loop.
+pytestmark = [pytest.mark.parametrize("backend", ["postgresql"]), pytest.mark.slow]
 BARRIER_TIMEOUT_S = 10
 
 
