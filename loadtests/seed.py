@@ -130,10 +130,15 @@ async def seed(
             result.institutions[institution_id] = key_text(key)
         if payments:
             await op.post("/v1/fx/rates", HKD_CNY_RATE)
-            liquidity = {institution_id: cap for institution_id, cap in caps.items() if institution_id != CAPPED_ID}
+        # Settlement liquidity: a transfer or payment to another institution records an obligation
+        # under the payer's net debit cap in force, which liquidity bounds. An institution's net debit
+        # can never pass its whole float, so that much never refuses an ordinary request.
+        liquidity = {institution_id: cap for institution_id, cap in caps.items() if institution_id != CAPPED_ID}
+        if payments:
             liquidity[ACQUIRER_ID] = _times(plan.funding, plan.wallets)
-            for institution_id, amount in liquidity.items():
-                payload = {"id": str(uuid7()), "amount": amount, "currency": "CNY"}
+        for institution_id, amount in liquidity.items():
+            for currency in sorted({"CNY", plan.currency}):
+                payload = {"id": str(uuid7()), "amount": amount, "currency": currency}
                 await op.post(f"/v1/institutions/{institution_id}/liquidity", payload)
     result.seconds["institutions"] = time.perf_counter() - started
 

@@ -226,7 +226,10 @@ def check_requests(logged: list[LoggedRequest], stored: list[StoredRow]) -> tupl
 
 def _counted_rows(kind: str, rows: list[StoredRow]) -> list[StoredRow]:
     operation = KIND_OPERATION.get(kind)
-    chosen = [row for row in rows if row.operation == operation]
+    # A transfer to another institution's wallet also leaves its obligation leg: not the transfer.
+    chosen = [
+        row for row in rows if row.operation == operation and not (kind == "transfer" and row.leg == "obligation")
+    ]
     if kind in COUNTED_LEG:
         chosen = [row for row in chosen if row.leg == COUNTED_LEG[kind]]
     return chosen

@@ -74,6 +74,7 @@ BURST_PAYERS_MAX = 200
 BURST_PAYMENTS_PER_PAYER = 250
 BURST_AMOUNT_MINOR_MAX = 2_000  # CNY 20.00
 STATEMENT_LINES_SHOWN = 10
+TRANSFER_LIQUIDITY_MINOR = 1_000_000  # CNY 10,000.00: the transfers before the burst
 
 
 @dataclass
@@ -152,6 +153,10 @@ async def _corridor(
             LedgerClient(base_url, key_id=HK_ID, signing_key=keys[HK_ID]) as hk,
             LedgerClient(base_url, key_id=SZ_ID, signing_key=keys[SZ_ID]) as sz,
         ):
+            # A transfer to sz-bank's merchant records hk-alphapay's obligation to sz-bank under its
+            # net debit cap in force, which its settlement liquidity bounds: the operator prefunds it.
+            await operator.prefund(HK_ID, _cny(TRANSFER_LIQUIDITY_MINOR + payments * BURST_AMOUNT_MINOR_MAX))
+            story.add("operator", f"POST /v1/institutions/{HK_ID}/liquidity (CNY)", "201: settlement liquidity")
             wallets = await _open_wallets(hk, sz, story)
             await _payments(hk, keys[HK_ID], wallets, story)
             console.print(story.table)

@@ -74,8 +74,10 @@ REFUSALS: dict[ResultCode, Refusal] = {
     ResultCode.ANNUAL_DEBIT_CAP_EXCEEDED: _refusal(
         "limit_exceeded", "the source wallet's annual payment cap would be exceeded"
     ),
+    # Wallets have no overdraft cap: on a transfer it is the payer institution's net debit cap in
+    # force, on the obligation a transfer to another institution's wallet records.
     ResultCode.DEBIT_BALANCE_CAP_EXCEEDED: _refusal(
-        "limit_exceeded", "the paying account's overdraft cap would be exceeded"
+        "net_debit_cap_exceeded", "the transfer would take the paying institution past its net debit cap in force"
     ),
     # Balances would pass the 64-bit range: only absurd amounts get here.
     ResultCode.OVERFLOW: _refusal("invalid_amount", "the amount would overflow a balance", 422),
@@ -112,6 +114,7 @@ BUSINESS_REFUSAL_CODES = frozenset(
         "currency_mismatch",
         "pending_transfer_already_resolved",
         "pending_transfer_expired",
+        "net_debit_cap_exceeded",
     }
 )
 

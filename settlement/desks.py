@@ -11,6 +11,7 @@ from settlement.batches import SettlementDesk
 from settlement.liquidity import LiquidityDesk
 from settlement.payments import PaymentDesk, QuoteLookup
 from settlement.refunds import RefundDesk
+from settlement.transfers import CrossInstitutionTransfers
 from settlement.windows import WindowBook
 from wallets.service import WalletBook
 
@@ -22,6 +23,7 @@ class Settlement:
     payments: PaymentDesk
     refunds: RefundDesk
     batches: SettlementDesk
+    transfers: CrossInstitutionTransfers
 
     @classmethod
     def over(
@@ -33,6 +35,7 @@ class Settlement:
         return cls(
             windows, liquidity, payments, RefundDesk(ledger, batcher, wallets, liquidity, payments),
             SettlementDesk(ledger, batcher, wallets, liquidity),
+            CrossInstitutionTransfers(ledger, batcher, wallets, liquidity),
         )  # fmt: skip
 
 

@@ -26,6 +26,9 @@ from wallets.ids import Origin, scoped_id
 from wallets.model import AccountRole, Institution
 from wallets.service import WalletBook
 
+# The currencies institutions hold positions in: the corridor's system currencies.
+POSITION_CURRENCIES = ("CNY", "HKD")
+
 
 class LiquidityDesk:
     def __init__(
@@ -49,8 +52,10 @@ class LiquidityDesk:
         return result
 
     async def refresh_cap(self, institution: Institution, *, actor: str) -> None:
-        """Give the institution's position in the open window the cap in force now."""
-        await self.windows.refresh_cap(institution.id, await self.cap_in_force(institution), actor=actor)
+        """Give the institution's positions in the open window (each currency) the cap in force now."""
+        for currency in POSITION_CURRENCIES:
+            cap = await self.cap_in_force(institution, currency)
+            await self.windows.refresh_cap(institution.id, cap, actor=actor, currency=currency)
 
     def _command(
         self, institution: Institution, request_id: UUID, amount_minor: int, currency: str, *, actor: str
@@ -95,12 +100,14 @@ class LiquidityDesk:
                 await conn.execute(settlement_cap_overrides.insert().values(institution_id=institution_id, **values))
         await self.refresh_cap(await self.wallets.get_institution(institution_id), actor=actor)
 
-    async def cap_in_force(self, institution: Institution) -> int | None:
-        """The cap on the institution's net debit in the settlement currency (None: no cap)."""
-        registered = institution.net_debit_cap[0] if institution.net_debit_cap else None
+    async def cap_in_force(self, institution: Institution, currency: str = SETTLEMENT_CURRENCY) -> int | None:
+        """The cap on the institution's net debit in ``currency`` (None: no cap): its registered cap
+        if registered in that currency, bounded by its liquidity in that currency."""
+        cap = institution.net_debit_cap
+        registered = cap[0] if cap is not None and cap[1] == currency else None
         if await self.beyond_liquidity(institution.id):
             return registered
-        liquidity = await self.liquidity_minor(institution)
+        liquidity = await self.liquidity_minor(institution, currency)
         return liquidity if registered is None else min(registered, liquidity)
 
 

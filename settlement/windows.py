@@ -147,18 +147,21 @@ class WindowBook:
             raise InvariantViolation(f"settlement window {window_id} vanished")
         return window
 
-    async def refresh_cap(self, institution_id: str, cap_minor: int | None, *, actor: str) -> None:
+    async def refresh_cap(
+        self, institution_id: str, cap_minor: int | None, *, actor: str, currency: str = SETTLEMENT_CURRENCY
+    ) -> None:
         """Give the institution's position in the open window (if it has one yet) the cap
         ``cap_minor`` less what it owes from windows not yet settled: after prefunding, a settlement
         or an unwind. Lowering it below what the position holds stops further debits."""
         window = await self._find_open()
         if window is None:
             return
-        account_id = position_account_id(window.id, institution_id, SETTLEMENT_CURRENCY)
+        account_id = position_account_id(window.id, institution_id, currency)
         account = await self.ledger.get_account(account_id)
         if account is None:
             return  # opened later with the cap in force then
-        cap = None if cap_minor is None else max(0, cap_minor - await self.unsettled_debit(institution_id))
+        owed = await self.unsettled_debit(institution_id, currency)
+        cap = None if cap_minor is None else max(0, cap_minor - owed)
         await self.ledger.set_limits(
             account_id, dataclasses.replace(account.limits, debit_balance_cap_minor=cap), actor=actor
         )
@@ -197,12 +200,18 @@ class WindowBook:
             return {row.account_id: row.institution_id for row in rows}
 
     async def position_for_payment(
-        self, window: Window, institution_id: str, net_debit_cap_minor: int | None, *, actor: str
+        self,
+        window: Window,
+        institution_id: str,
+        net_debit_cap_minor: int | None,
+        *,
+        actor: str,
+        currency: str = SETTLEMENT_CURRENCY,
     ) -> UUID:
         """The institution's position account in ``window`` (opened on first use, its overdraft cap
         the net debit cap less what it owes from windows not yet settled). Raises WindowClosed if the
         window closed meanwhile (the account is then locked here, as the close would have)."""
-        account_id = position_account_id(window.id, institution_id, SETTLEMENT_CURRENCY)
+        account_id = position_account_id(window.id, institution_id, currency)
         async with read_transaction(self.ledger.engine) as conn:
             known = (
                 await conn.execute(
@@ -213,11 +222,11 @@ class WindowBook:
             cap = (
                 None
                 if net_debit_cap_minor is None
-                else max(0, net_debit_cap_minor - await self.unsettled_debit(institution_id))
+                else max(0, net_debit_cap_minor - await self.unsettled_debit(institution_id, currency))
             )
             owner = f"{institution_id}/window-{window.id}"
             spec = AccountSpec(
-                account_id, SETTLEMENT_CURRENCY, "settlement:position", owner_ref=owner,
+                account_id, currency, "settlement:position", owner_ref=owner,
                 limits=Limits(debit_balance_cap_minor=cap),
             )  # fmt: skip
             [result] = await self.ledger.create_accounts([spec], actor=actor)
@@ -230,7 +239,7 @@ class WindowBook:
                         window_positions.insert().values(
                             window_id=window.id,
                             institution_id=institution_id,
-                            currency=SETTLEMENT_CURRENCY,
+                            currency=currency,
                             account_id=account_id,
                         )
                     )
@@ -242,13 +251,13 @@ class WindowBook:
             raise WindowClosed(f"window {window.id} closed")
         return account_id
 
-    async def net_in(self, window_id: int, institution_id: str) -> int:
+    async def net_in(self, window_id: int, institution_id: str, currency: str = SETTLEMENT_CURRENCY) -> int:
         """The institution's net in the window's settlement currency: what it is owed less what it
         owes (negative for a net debtor); 0 if it has no position there."""
-        account = await self.ledger.get_account(position_account_id(window_id, institution_id, SETTLEMENT_CURRENCY))
+        account = await self.ledger.get_account(position_account_id(window_id, institution_id, currency))
         return 0 if account is None else account.balances.credits_posted - account.balances.debits_posted
 
-    async def unsettled_debit(self, institution_id: str) -> int:
+    async def unsettled_debit(self, institution_id: str, currency: str = SETTLEMENT_CURRENCY) -> int:
         """What the institution owes, net, from closed windows not yet settled, and in obligations
         an unwound batch carried into a window not yet settled."""
         async with read_transaction(self.ledger.engine) as conn:
@@ -256,10 +265,11 @@ class WindowBook:
                 sa.select(window_positions.c.account_id)
                 .join(settlement_windows, settlement_windows.c.id == window_positions.c.window_id)
                 .where(window_positions.c.institution_id == institution_id)
+                .where(window_positions.c.currency == currency)
                 .where(settlement_windows.c.status.in_(UNSETTLED_STATUSES))
             )
             account_ids = list(rows.scalars())
-            carried = await _carried_net_debit(conn, institution_id)
+            carried = await _carried_net_debit(conn, institution_id, currency)
         accounts = await self.ledger.get_accounts(account_ids)
         return carried + sum(
             max(0, a.balances.debits_posted + a.balances.debits_pending - a.balances.credits_posted)
@@ -285,7 +295,7 @@ class WindowBook:
         )
 
 
-async def _carried_net_debit(conn, institution_id: str) -> int:
+async def _carried_net_debit(conn, institution_id: str, currency: str) -> int:
     """The institution's net debit in carried obligations, per window they were carried into that is
     not settled yet (open, closed or settling)."""
     carried = settlement_carried
@@ -294,6 +304,7 @@ async def _carried_net_debit(conn, institution_id: str) -> int:
     rows = await conn.execute(
         sa.select(carried.c.to_window_id, sa.func.sum(signed))
         .where(sa.or_(carried.c.debtor == institution_id, carried.c.creditor == institution_id))
+        .where(carried.c.currency == currency)
         .where(carried.c.to_window_id.in_(pending))
         .group_by(carried.c.to_window_id)
     )

@@ -28,6 +28,7 @@ from tests.conftest import assert_invariants
 from wallets.model import InstitutionKind
 
 BODY_LIMIT_BYTES = 64 * 1024
+PREFUNDED = "1000000000.00"  # settlement liquidity the test institutions get, per currency
 
 
 @dataclass
@@ -118,7 +119,12 @@ class Api:
 
     # -- set-up steps, each asserting its own success ------------------------------------------
 
-    async def institution(self, slug: str, kind: str = "hk_payment_institution") -> Party:
+    async def institution(
+        self, slug: str, kind: str = "hk_payment_institution", *, liquidity: str | None = PREFUNDED
+    ) -> Party:
+        """Registered by the operator and, unless ``liquidity`` is None, prefunded with that much
+        settlement liquidity in CNY and HKD: a transfer to another institution's wallet records an
+        obligation under the payer's net debit cap in force, which liquidity bounds."""
         party = Party(slug)
         answer = await self.post(
             self.operator,
@@ -126,6 +132,11 @@ class Api:
             {"id": slug, "name": slug.upper(), "kind": kind, "public_key": party.public_key},
         )
         assert answer.status == 201, answer.body
+        if liquidity is not None and kind != "operator":
+            for currency in ("CNY", "HKD"):
+                payload = {"id": str(uuid7()), "amount": liquidity, "currency": currency}
+                prefunded = await self.post(self.operator, f"/v1/institutions/{slug}/liquidity", payload)
+                assert prefunded.status == 201, prefunded.body
         return party
 
     async def wallet(self, party: Party, currency: str = "CNY", **fields: Any) -> dict:

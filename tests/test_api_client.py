@@ -27,6 +27,8 @@ async def test_the_client_covers_the_resource_endpoints(api):
             sz.id,
         ]
         assert (await operator.get_institution(alpha.id))["name"] == "AlphaPay"
+        # Liquidity, so that alpha's transfers to sz's merchant fit its net debit cap in force.
+        assert (await operator.prefund(alpha.id, "1000.00"))["position"]["cap_in_force"] == "1000.00"
     async with client_for(api, alpha) as client, client_for(api, sz) as acquirer:
         wallet = await client.create_wallet("cust-1", "CNY", tier=2)
         shop = await acquirer.create_wallet(

@@ -12,8 +12,11 @@ from nacl.signing import SigningKey
 
 from ledger import Batcher, Ledger
 from ledger.db import create_engine
+from ledger.ids import uuid7
 from ledger.keys import read_signing_key
 from service.client import LedgerClient, RefusedError
+from settlement.liquidity import LiquidityDesk
+from settlement.windows import WindowBook
 from tests.api_support import Api
 from tests.api_support import api as api
 from tests.conftest import assert_invariants
@@ -84,8 +87,12 @@ async def register(settings, keys: dict[str, SigningKey]) -> None:
     try:
         async with Batcher(ledger) as batcher:
             book = WalletBook(ledger, batcher)
+            liquidity = LiquidityDesk(ledger, batcher, book, WindowBook(ledger, ledger.clock), ledger.clock)
             for slug, key in keys.items():
                 kind = InstitutionKind.HK_PAYMENT_INSTITUTION if slug.startswith("hk") else InstitutionKind.SZ_ACQUIRER
                 await book.register_institution(slug, kind, slug, bytes(key.verify_key))
+                # A transfer to another institution's wallet records an obligation under the payer's
+                # net debit cap in force, which liquidity bounds: plenty, so only funds can refuse.
+                assert (await liquidity.prefund(slug, uuid7(), 10**11, "CNY", actor="test")).ok
     finally:
         await ledger.close()

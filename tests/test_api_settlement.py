@@ -181,7 +181,7 @@ async def test_the_operator_closes_settles_and_exports_a_signed_report(corridor)
 
 async def test_a_participant_short_of_liquidity_is_unwound_and_its_payments_settle_in_the_next_batch(corridor):
     api = corridor.api
-    gamma = await api.institution("hk-gamma")
+    gamma = await api.institution("hk-gamma", liquidity=None)
     customer = await api.wallet(gamma, "HKD", limit_profile="svf-verified")
     await api.deposit(gamma, customer["id"], "1000.00")
     assert (await corridor.liquidity(gamma, "100.00")).status == 201

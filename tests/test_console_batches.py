@@ -111,7 +111,7 @@ async def test_settling_through_the_confirmation_form_and_exporting_the_apis_rep
 
 async def test_refusals_are_messages_on_the_page_and_an_unwound_batch_shows_who_left(corridor: Corridor):
     api = corridor.api
-    gamma = await api.institution("hk-gamma")
+    gamma = await api.institution("hk-gamma", liquidity=None)
     customer = await api.wallet(gamma, "HKD", limit_profile="svf-verified")
     await api.deposit(gamma, customer["id"], "1000.00")
     assert (await corridor.liquidity(gamma, "100.00")).status == 201
@@ -165,7 +165,7 @@ async def test_the_institutions_index_pages_and_the_gauge_follows_the_position_a
     assert position["open_window_net"] == "-1250.00" and 'id="open-window-net">-1250.00 CNY<' in text
     assert 'aria-label="cap usage 25 percent"' in text  # 1,250 of the 5,000 in force
     # Liquidity bounds the cap in force: a smaller prefund than the registered cap shows against it.
-    gamma = await api.institution("hk-gamma")
+    gamma = await api.institution("hk-gamma", liquidity=None)
     async with api.client.get(f"/console/institutions/{gamma.id}") as page:
         text = await page.text()
     assert 'id="registered-cap">none<' in text and 'id="cap">0.00 CNY<' in text

@@ -356,6 +356,14 @@ class WalletBook:
         command = await self._command(institution_id, request, linked=False)
         return await self._submit_one(institution_id, command)
 
+    async def transfer_command(self, institution_id: str, request: TransferRequest) -> TransferCommand:
+        """The ledger command of a transfer request of the caller's (checked as :meth:`transfer` does)."""
+        return await self._command(institution_id, request, linked=False)
+
+    async def outcome_of(self, institution_id: str, result) -> TransferOutcome:
+        """A ledger result as the caller's outcome (its view of the transfer)."""
+        return await self._outcome(institution_id, result)
+
     async def _command(self, institution_id: str, request: TransferRequest, *, linked: bool) -> TransferCommand:
         source = await self._own_wallet_row(institution_id, request.source_wallet_id)
         if await self._wallet_row(request.target_wallet_id) is None:
@@ -415,13 +423,16 @@ class WalletBook:
         """Post all or part of the caller's hold. The post's id is the hold's id with the amount asked
         for: the same post again is a replay (a refusal included), while a post of another amount
         is judged afresh (e.g. ``pending_transfer_already_posted`` once one went through)."""
+        return await self._submit_one(institution_id, await self.post_command(institution_id, client_id, amount_minor))
+
+    async def post_command(self, institution_id: str, client_id: UUID, amount_minor: int | None) -> TransferCommand:
+        """The ledger command posting the caller's hold (see :meth:`post_pending`)."""
         pending_id = await self._own_pending(institution_id, client_id)
         purpose = f"post:{'all' if amount_minor is None else amount_minor}"
-        command = TransferCommand.post(
+        return TransferCommand.post(
             scoped_id(institution_id, client_id, purpose), pending_id, amount_minor,
             user_data=Origin(institution_id, client_id, "post").encode(),
         )  # fmt: skip
-        return await self._submit_one(institution_id, command)
 
     async def void_pending(self, institution_id: str, client_id: UUID) -> TransferOutcome:
         pending_id = await self._own_pending(institution_id, client_id)

@@ -18,6 +18,7 @@ from aiohttp import web
 from ledger import ResultCode
 from service.errors_map import refusal_problem, wallet_errors
 from service.handlers import read_body, read_json, shielded
+from service.keys import SETTLEMENT_KEY
 from service.openapi import RouteTable
 from service.problems import ProblemError
 from service.routes._common import (
@@ -42,11 +43,19 @@ from service.schemas import (
     TransferOut,
     TransferPostRequest,
 )
+from settlement.transfers import CrossInstitutionTransfers
 from wallets.errors import NotFound
 from wallets.ids import metadata_problem
 from wallets.model import TransferOutcome, TransferRequest
 
 routes = RouteTable(tag="transfers")
+
+
+def cross(request: web.Request) -> CrossInstitutionTransfers:
+    """Transfers go through settlement's desk: one to another institution's wallet also records the
+    obligation between the institutions in the open window (under the payer's net debit cap)."""
+    return request.app[SETTLEMENT_KEY].transfers
+
 
 TRANSFER_REFUSALS = (
     "not_found",
@@ -58,8 +67,10 @@ TRANSFER_REFUSALS = (
     "exists_with_different_fields",
     "invalid_amount",
     (422, "invalid_amount"),
+    "net_debit_cap_exceeded",
 )
 PENDING_REFUSALS = (
+    "net_debit_cap_exceeded",
     "pending_transfer_not_found",
     "pending_transfer_already_resolved",
     "pending_transfer_expired",
@@ -107,7 +118,7 @@ async def create_transfer(request: web.Request) -> web.Response:
     body = await read_json(request, TransferCreate)
     transfer_request = await _transfer_request(request, body)
     with wallet_errors():
-        outcome = await shielded(wallets(request).transfer(caller_id(request), transfer_request))
+        outcome = await shielded(cross(request).transfer(caller_id(request), transfer_request))
     return await outcome_response(request, outcome)
 
 
@@ -129,7 +140,7 @@ async def create_transfer_batch(request: web.Request) -> web.Response:
         for index, item in enumerate(body.transfers)
     ]
     with wallet_errors():
-        outcomes = await shielded(wallets(request).transfer_batch(caller_id(request), requests, atomic=body.atomic))
+        outcomes = await shielded(cross(request).transfer_batch(caller_id(request), requests, atomic=body.atomic))
     if len(outcomes) != len(requests):
         raise RuntimeError(f"{len(requests)} transfers but {len(outcomes)} outcomes")  # a bug: never guess
     known = await currencies(request)
@@ -228,7 +239,7 @@ async def post_transfer(request: web.Request) -> web.Response:
             # hold could succeed. A hold's amount never changes, so this check cannot go stale.
             raise refusal_problem(ResultCode.EXCEEDS_PENDING_AMOUNT)
     with pending_errors():
-        outcome = await shielded(book.post_pending(institution_id, pending_id, amount_minor))
+        outcome = await shielded(cross(request).post_pending(institution_id, pending_id, amount_minor))
     return await outcome_response(request, outcome, status_created=200)
 
 
