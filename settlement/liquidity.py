@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from ledger import Batcher, Ledger, TransferCommand, TransferResult
 from ledger.db import read_transaction
 from settlement.tables import settlement_cap_overrides
-from settlement.windows import SETTLEMENT_CURRENCY, WindowBook
+from settlement.windows import SETTLEMENT_CURRENCY, Window, WindowBook
 from wallets.errors import InvalidRequest
 from wallets.ids import Origin, scoped_id
 from wallets.model import AccountRole, Institution
@@ -38,6 +38,7 @@ class LiquidityDesk:
         self.batcher = batcher
         self.wallets = wallets
         self.windows = windows
+        self._institutions: dict[str, Institution] = {}
         self.clock = clock
 
     async def prefund(
@@ -69,6 +70,26 @@ class LiquidityDesk:
             scoped_id(institution.id, request_id, "liquidity"), funding, settlement, amount_minor, currency,
             user_data=origin.encode(),
         )  # fmt: skip
+
+    async def institution(self, institution_id: str) -> Institution:
+        """The institution, remembered: what settlement reads of it (its system accounts and its
+        registered net debit cap) never changes once it is registered."""
+        institution = self._institutions.get(institution_id)
+        if institution is None:
+            institution = await self.wallets.get_institution(institution_id)
+            self._institutions[institution_id] = institution
+        return institution
+
+    async def position(
+        self, window: Window, institution_id: str, *, actor: str, currency: str = SETTLEMENT_CURRENCY
+    ) -> UUID:
+        """The institution's position account in ``window`` for a money path: known ones without a
+        read; a new one opened with the cap in force now (``WindowBook.position_for_payment``)."""
+        known = self.windows.known_position(window, institution_id, currency)
+        if known is not None:
+            return known
+        cap = await self.cap_in_force(await self.institution(institution_id), currency)
+        return await self.windows.position_for_payment(window, institution_id, cap, actor=actor, currency=currency)
 
     async def liquidity_minor(self, institution: Institution, currency: str = SETTLEMENT_CURRENCY) -> int:
         account_id = institution.accounts.get((currency, AccountRole.SETTLEMENT))

@@ -27,7 +27,7 @@ from uuid import UUID
 from ledger import Batcher, Ledger, ResultCode, TransferCommand, TransferResult
 from settlement.liquidity import LiquidityDesk
 from settlement.remembered import RefusalMemory, request_digest
-from settlement.windows import SETTLEMENT_CURRENCY, WindowClosed
+from settlement.windows import SETTLEMENT_CURRENCY, Window, WindowClosed
 from wallets.errors import InvalidRequest, NotFound
 from wallets.ids import Origin, scoped_id
 from wallets.model import AccountRole, InstitutionKind, OwnerKind
@@ -125,9 +125,9 @@ class PaymentDesk:
         quote = await self.quotes(institution_id, request.quote_id, self.ledger.clock())
         _check_quote(quote, request)
         for _ in range(CLOSE_RACE_ATTEMPTS_MAX):
-            window = await self.windows.open_window()
+            window = await self.windows.open_window_for_money()
             try:
-                outcome = await self._pay_in(window.id, institution_id, request, quote, parties)
+                outcome = await self._pay_in(window, institution_id, request, quote, parties)
             except WindowClosed:
                 continue
             if outcome is not None:
@@ -149,32 +149,25 @@ class PaymentDesk:
             or merchant.currency != SETTLEMENT_CURRENCY
         ):
             raise NotFound(f"no merchant wallet {merchant_wallet_id}")
-        acquirer = await self.wallets.get_institution(merchant.institution_id)
+        acquirer = await self.liquidity.institution(merchant.institution_id)
         if acquirer.kind is not InstitutionKind.SZ_ACQUIRER:
             raise NotFound(f"no merchant wallet {merchant_wallet_id}")
-        payer = await self.wallets.get_institution(institution_id)
+        payer = await self.liquidity.institution(institution_id)
         return Parties(
             payer_id=institution_id,
-            payer_cap=await self.liquidity.cap_in_force(payer),
             payer_fx_account=payer.accounts[(SOURCE_CURRENCY, AccountRole.FUNDING)],
             acquirer_id=acquirer.id,
-            acquirer_cap=await self.liquidity.cap_in_force(acquirer),
             acquirer_funding=acquirer.accounts[(SETTLEMENT_CURRENCY, AccountRole.FUNDING)],
         )
 
     async def _pay_in(
-        self, window_id: int, institution_id: str, request: PaymentRequest, quote: UsableQuote, parties: Parties
+        self, window: Window, institution_id: str, request: PaymentRequest, quote: UsableQuote, parties: Parties
     ) -> PaymentOutcome | None:
-        window = await self.windows.require(window_id)
-        payer_position = await self.windows.position_for_payment(
-            window, parties.payer_id, parties.payer_cap, actor=institution_id
-        )
-        acquirer_position = await self.windows.position_for_payment(
-            window, parties.acquirer_id, parties.acquirer_cap, actor=institution_id
-        )
-        chain = _chain(institution_id, request, quote, window_id, parties, payer_position, acquirer_position)
+        payer_position = await self.liquidity.position(window, parties.payer_id, actor=institution_id)
+        acquirer_position = await self.liquidity.position(window, parties.acquirer_id, actor=institution_id)
+        chain = _chain(institution_id, request, quote, window.id, parties, payer_position, acquirer_position)
         results = await self.batcher.submit_many(chain)
-        return await self._outcome(institution_id, request, window_id, results)
+        return await self._outcome(institution_id, request, window.id, results)
 
     async def _outcome(
         self, institution_id: str, request: PaymentRequest, window_id: int, results: list[TransferResult]
@@ -215,10 +208,8 @@ class PaymentDesk:
 @dataclass(frozen=True, slots=True)
 class Parties:
     payer_id: str
-    payer_cap: int | None
     payer_fx_account: UUID
     acquirer_id: str
-    acquirer_cap: int | None
     acquirer_funding: UUID
 
 

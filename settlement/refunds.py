@@ -131,14 +131,10 @@ class RefundDesk:
         source = refund_source_minor(payment.source_minor, payment.target_minor, amount, refunded_target_minor=refunded)
         parties = await self.payments.parties_of(institution_id, payment)
         for _ in range(CLOSE_RACE_ATTEMPTS_MAX):
-            window = await self.windows.open_window()
+            window = await self.windows.open_window_for_money()
             try:
-                acquirer_position = await self.windows.position_for_payment(
-                    window, parties.acquirer_id, parties.acquirer_cap, actor=institution_id
-                )
-                payer_position = await self.windows.position_for_payment(
-                    window, parties.payer_id, parties.payer_cap, actor=institution_id
-                )
+                acquirer_position = await self.liquidity.position(window, parties.acquirer_id, actor=institution_id)
+                payer_position = await self.liquidity.position(window, parties.payer_id, actor=institution_id)
             except WindowClosed:
                 continue
             legs = _Legs(institution_id, request.id, payment, slot, amount, source, window.id)

@@ -100,16 +100,11 @@ class CrossInstitutionTransfers:
         raise RuntimeError("the settlement window kept closing under this transfer")
 
     async def _obligation(self, crossing: _Crossing) -> tuple[TransferCommand, int]:
-        window = await self.windows.open_window()
-        positions = []
-        for institution_id in (crossing.payer, crossing.payee):
-            institution = await self.wallets.get_institution(institution_id)
-            cap = await self.liquidity.cap_in_force(institution, crossing.currency)
-            positions.append(
-                await self.windows.position_for_payment(
-                    window, institution_id, cap, actor=crossing.payer, currency=crossing.currency
-                )
-            )
+        window = await self.windows.open_window_for_money()
+        positions = [
+            await self.liquidity.position(window, institution_id, actor=crossing.payer, currency=crossing.currency)
+            for institution_id in (crossing.payer, crossing.payee)
+        ]
         details: dict[str, Any] = {"leg": "obligation", "window": window.id, "payee": crossing.payee}
         origin = Origin(crossing.payer, crossing.key, "transfer", details).encode()
         leg_id = scoped_id(crossing.payer, crossing.key, f"{crossing.purpose}:{window.id}")

@@ -54,6 +54,13 @@ class WindowBook:
     def __init__(self, ledger: Ledger, clock: Callable[[], int]) -> None:
         self.ledger = ledger
         self.clock = clock
+        # For the money paths only (payments, refunds, transfers between institutions): the open
+        # window as last seen, and the position accounts this process saw registered while their
+        # window was open. Stale is safe there: a closed window's positions are locked against
+        # debits, so a leg aimed at one is refused, the caller reads the window (``get`` forgets a
+        # closed one here) and runs again in the new window.
+        self._open_seen: Window | None = None
+        self._positions_seen: set[UUID] = set()
 
     async def open_window(self) -> Window:
         """The open window, opening window 1 on a ledger that has none."""
@@ -71,6 +78,17 @@ class WindowBook:
             raise RuntimeError("no open settlement window")
         return window
 
+    async def open_window_for_money(self) -> Window:
+        """:meth:`open_window`, remembered until a caller finds it closed (see ``__init__``)."""
+        if self._open_seen is None:
+            self._open_seen = await self.open_window()
+        return self._open_seen
+
+    def known_position(self, window: Window, institution_id: str, currency: str = SETTLEMENT_CURRENCY) -> UUID | None:
+        """The institution's position account in ``window`` if this process saw it registered."""
+        account_id = position_account_id(window.id, institution_id, currency)
+        return account_id if account_id in self._positions_seen else None
+
     async def _find_open(self) -> Window | None:
         async with read_transaction(self.ledger.engine) as conn:
             row = (
@@ -83,7 +101,10 @@ class WindowBook:
             row = (
                 await conn.execute(sa.select(settlement_windows).where(settlement_windows.c.id == window_id))
             ).first()
-        return None if row is None else _window(row)
+        window = None if row is None else _window(row)
+        if window is not None and window.status != "open" and self._open_seen and self._open_seen.id == window.id:
+            self._open_seen = None  # a money path found it closed: the next asks afresh
+        return window
 
     async def list(self) -> list[Window]:
         async with read_transaction(self.ledger.engine) as conn:
@@ -249,6 +270,7 @@ class WindowBook:
         if current is None or current.status != "open":
             await self.lock_debits(account_id, actor)
             raise WindowClosed(f"window {window.id} closed")
+        self._positions_seen.add(account_id)
         return account_id
 
     async def net_in(self, window_id: int, institution_id: str, currency: str = SETTLEMENT_CURRENCY) -> int:
