@@ -209,7 +209,9 @@ def test_given_the_source_the_target_rounds_down(rate, source_minor, target_mino
 
 @given(
     rate=st.decimals(min_value=Decimal("0.01"), max_value=Decimal(10_000), places=RATE_DECIMAL_PLACES),
-    source_minor=st.integers(min_value=100, max_value=10**12),
+    # At most 10**11: times the largest rate that is the largest amount a quote may hold (10**15);
+    # beyond it the quote is refused (tested on its own), which is not this property.
+    source_minor=st.integers(min_value=100, max_value=10**11),
 )
 def test_given_the_source_the_target_is_never_more_than_it_pays_for(rate, source_minor):
     quoted_source_minor, target_minor = hkd_to_cny(rate, source_minor=source_minor)
