@@ -27,7 +27,7 @@ from settlement.remembered import RefusalMemory, request_digest
 from settlement.windows import WindowClosed
 from wallets.errors import NotFound
 from wallets.ids import Origin, scoped_id
-from wallets.model import TransferOutcome, TransferRequest
+from wallets.model import TransferOutcome, TransferRequest, WalletOwner
 from wallets.service import WalletBook
 
 CLOSE_RACE_ATTEMPTS_MAX = 3
@@ -63,11 +63,11 @@ class CrossInstitutionTransfers:
         return await self._remembered(institution_id, request.id, _digest(request), command, crossing)
 
     async def post_pending(self, institution_id: str, client_id: UUID, amount_minor: int | None) -> TransferOutcome:
-        command = await self.wallets.post_command(institution_id, client_id, amount_minor)
         hold = await self.ledger.get_transfer(scoped_id(institution_id, client_id))
         payee = None if hold is None else await self._other_institution(institution_id, hold.credit_account_id)
-        if hold is None or payee is None:
+        if hold is None or payee is None:  # an unknown hold is the wallets layer's NotFound
             return await self.wallets.post_pending(institution_id, client_id, amount_minor)
+        command = await self.wallets.post_command(institution_id, client_id, amount_minor)
         posted = hold.amount_minor if amount_minor is None else amount_minor
         purpose = f"post-obligation:{'all' if amount_minor is None else amount_minor}"
         crossing = _Crossing(institution_id, payee, hold.currency, posted, client_id, purpose)
@@ -75,8 +75,7 @@ class CrossInstitutionTransfers:
         return await self._remembered(institution_id, command.id, digest, command, crossing)
 
     async def _other_institution(self, institution_id: str, wallet_id: UUID) -> str | None:
-        owner = await self.wallets.wallet_owner(wallet_id)
-        return None if owner is None or owner.institution_id == institution_id else owner.institution_id
+        return _other(institution_id, await self.wallets.wallet_owner(wallet_id))
 
     async def _remembered(
         self, institution_id: str, request_id: UUID, digest: str, command: TransferCommand, crossing: _Crossing
@@ -131,7 +130,8 @@ class CrossInstitutionTransfers:
         """A batch with no transfer to another institution goes to the wallets layer as it is. Not
         ``atomic``: each item as :meth:`transfer` handles it. ``atomic``: one chain, each transfer
         to another institution followed by its obligation leg, all or none (see :meth:`_atomic`)."""
-        payees = [await self._other_institution(institution_id, r.target_wallet_id) for r in requests]
+        owners = await self.wallets.wallet_owners({r.target_wallet_id for r in requests})  # one query for the batch
+        payees = [_other(institution_id, owners.get(r.target_wallet_id)) for r in requests]
         crossings = [
             None if payee is None or r.pending else _Crossing(institution_id, payee, r.currency, r.amount_minor, r.id)
             for payee, r in zip(payees, requests, strict=True)
@@ -214,6 +214,11 @@ class CrossInstitutionTransfers:
             return await self.transfer(institution_id, request)
         except NotFound:  # as the wallets layer answers a batch item: without saying whose it is
             return TransferOutcome(ResultCode.ACCOUNT_NOT_FOUND)
+
+
+def _other(institution_id: str, owner: WalletOwner | None) -> str | None:
+    """The wallet's institution if it is not ``institution_id``'s own wallet."""
+    return None if owner is None or owner.institution_id == institution_id else owner.institution_id
 
 
 def _linked_failure(index: int, failed: int, code: ResultCode, *, replayed: bool = True) -> TransferOutcome:
